@@ -6,7 +6,7 @@ BN gamma 1 / beta 0, the last BN of every bottleneck at gamma 0 so each block st
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

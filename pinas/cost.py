@@ -9,8 +9,8 @@ convolutions and linear layers (what the counter counts), matching the method do
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode

@@ -9,8 +9,8 @@ index per searchable layer, ordered stage by stage. Its string form groups the d
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -120,8 +120,9 @@ class SearchSpace:
         raise IndexError(layer)
 
     def describe_layer(self, layer: int) -> str:
+        """1-based, as a person counts: ``layer 12 (stage 3, block 5)``."""
         stage, block = self.layer_position(layer)
-        return f"layer {layer} (stage {stage + 1}, block {block + 1})"
+        return f"layer {layer + 1} (stage {stage + 1}, block {block + 1})"
 
     # ------------------------------------------------------------------------------------------ architectures
     def validate(self, arch: Sequence[int], what: str = "architecture") -> Arch:

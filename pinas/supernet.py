@@ -7,7 +7,7 @@ the supernet's and extraction is a plain key filter (:func:`extract_subnet`): no
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

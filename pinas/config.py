@@ -1,0 +1,96 @@
+"""The typed pipeline configuration: one section per stage, two profiles, YAML files merged on top.
+
+The config is the Prefect flow's parameter, so the Prefect UI renders it as a form, and every section forbids
+unknown keys: a typo in a YAML file is an error naming the key, never a silently ignored setting. A profile
+(``pinas/profiles/<name>.yaml``) holds the overrides of the paper defaults that live in the stage config classes;
+a user's YAML is merged over the profile it names (``profile: demo`` by default).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .datasets import DataConfig
+from .supernet_training import SupernetConfig
+
+PROFILES_DIR = Path(__file__).with_name("profiles")
+Profile = Literal["demo", "paper"]
+
+
+class ConfigError(ValueError):
+    """A pipeline configuration that cannot be loaded; the message names the file and the field."""
+
+
+class PipelineConfig(BaseModel):
+    """Everything a pipeline run needs. ``stages`` lists which stages run (in pipeline order)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: Profile = "demo"
+    data: DataConfig = DataConfig()
+    supernet: SupernetConfig = SupernetConfig()
+
+
+def needed_datasets(config: PipelineConfig) -> tuple[str, ...]:
+    """The datasets the stages of this pipeline read."""
+    return ("imagenet",)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, recursing into nested mappings."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def profile_dict(profile: str) -> dict[str, Any]:
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {profile!r}; profiles: "
+                          + ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))))
+    return _read_yaml(path)
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid pipeline config ({source}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  {where}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, profile: str | None = None,
+                overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Profile defaults, then the YAML file, then ``overrides``; validated as a whole."""
+    user = _read_yaml(Path(path)) if path is not None else {}
+    chosen = profile or user.get("profile") or "demo"
+    merged = deep_merge(deep_merge(profile_dict(chosen), user), overrides or {})
+    merged["profile"] = chosen
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path) if path else f"profile {chosen}")) from None

@@ -1,0 +1,101 @@
+"""The Prefect pipeline against a real (temporary) Prefect API: caching, invalidation, rebuild, bad input."""
+import shutil
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.cli import main as cli_main
+from flows.pipeline import pinas_pipeline
+from pinas.artifacts import sha256_file, verify_manifest
+from pinas.config import load_config
+
+TINY = {
+    "data": {"generated": {"cls_train_per_class": 16, "cls_val_per_class": 4, "det_train_images": 8,
+                           "det_val_images": 4}},
+    "supernet": {"epochs": 1, "batch_size": 16, "base_batch": 16, "queue_size": 32, "projector_hidden": 64,
+                 "feature_dim": 16, "checkpoint_every": 2, "log_every": 1},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def run(config, root):
+    state = pinas_pipeline(config=config, run_root=str(root), return_state=True)
+    summary = state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+    return summary, {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}, flow_run
+
+
+def test_cache_hits_changes_and_rebuilds(tmp_path):
+    config = load_config(profile="demo", overrides=TINY)
+    summary, states, flow_run = run(config, tmp_path)
+    assert flow_run.state.is_completed()
+    record = summary["stages"]["supernet"]
+    assert states["supernet"] == "Completed"
+    verify_manifest(record["dir"])
+    artifact = record["files"]["supernet.pt"]
+    digest, ckpts = sha256_file(artifact), sorted(p.name for p in (tmp_path / "stages").glob("*/checkpoints/*"))
+
+    # same config: the task is a Prefect cache hit and nothing is trained again
+    summary2, states2, _ = run(config, tmp_path)
+    assert states2["supernet"] == "Cached"
+    assert summary2["stages"]["supernet"] == record
+    assert sorted(p.name for p in (tmp_path / "stages").glob("*/checkpoints/*")) == ckpts
+
+    # corrupted artifact: detected, the stage runs again and re-derives it from its final checkpoint
+    with open(artifact, "r+b") as f:
+        f.seek(100)
+        f.write(b"garbage")
+    _, states3, _ = run(config, tmp_path)
+    assert states3["supernet"] == "Completed"
+    assert sha256_file(artifact) == digest
+    verify_manifest(record["dir"])
+
+    # deleted stage folder: trained again from scratch, in the same folder
+    shutil.rmtree(record["dir"])
+    summary4, states4, _ = run(config, tmp_path)
+    assert states4["supernet"] == "Completed"
+    assert summary4["stages"]["supernet"]["dir"] == record["dir"]
+    verify_manifest(record["dir"])
+
+    # a changed hyper-parameter: a new key, a new folder, trained; the old folder is left alone
+    changed = load_config(profile="demo", overrides={**TINY, "supernet": {**TINY["supernet"], "base_lr": 0.02}})
+    summary5, states5, _ = run(changed, tmp_path)
+    assert states5["supernet"] == "Completed"
+    assert summary5["stages"]["supernet"]["dir"] != record["dir"]
+    verify_manifest(record["dir"])
+
+
+def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("supernet: [unclosed\n")
+    assert cli_main(["run", "--config", str(bad_yaml), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("supernet:\n  epochz: 3\n")
+    assert cli_main(["run", "--config", str(unknown), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "supernet.epochz: unknown key" in capsys.readouterr().err
+
+    wrong_type = tmp_path / "type.yaml"
+    wrong_type.write_text("supernet:\n  batch_size: many\n")
+    assert cli_main(["run", "--config", str(wrong_type), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "supernet.batch_size" in capsys.readouterr().err
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"profile: paper\ndata:\n  imagenet: {tmp_path / 'nowhere'}\n")
+    assert cli_main(["run", "--config", str(missing), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "data.imagenet: folder" in capsys.readouterr().err
+
+    assert cli_main(["run", "--config", str(tmp_path / "absent.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))

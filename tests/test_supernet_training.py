@@ -1,0 +1,219 @@
+"""Supernet-Pi training: objective semantics, exact resume after SIGKILL, and a 2-process gloo run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pinas.artifacts import load_tensors, verify_manifest
+from pinas.data import ImageFolderDataset, MocoV2Views
+from pinas.pi_model import SupernetPi, TwoPathStudent
+from pinas.space import DEMO
+from pinas.supernet import PiNASBackbone
+from pinas.supernet_training import SupernetConfig, four_views, pi_step, run_supernet
+from pinas.training import read_step_log
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_config(**overrides) -> SupernetConfig:
+    base = dict(space="demo", epochs=2, batch_size=16, queue_size=256, projector_hidden=128, feature_dim=32,
+                ema_momentum=0.99, base_lr=0.03, base_batch=16, num_workers=0, checkpoint_every=4, log_every=1,
+                seed=0)
+    return SupernetConfig(**{**base, **overrides})
+
+
+def _model_and_step(seed=0):
+    torch.manual_seed(seed)
+    model = SupernetPi(PiNASBackbone(DEMO), 64, 16, 32, temperature=0.2, momentum=0.9)
+    opt = torch.optim.SGD(model.student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return model, TwoPathStudent(model.student), opt, scaler
+
+
+def _views(demo_imagenet, n=8):
+    ds = ImageFolderDataset(demo_imagenet / "train", 72)
+    images = torch.stack([ds[i][0] for i in range(0, len(ds), len(ds) // n)][:n])
+    return four_views(MocoV2Views(64), images)
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _candidate_prefixes(arch):
+    return {f"backbone.{name}.candidates.{c}." for name, c in
+            zip([f"stages.{s}.{b}" for s, d in enumerate(DEMO.depths) for b in range(d)], arch)}
+
+
+def test_off_path_candidates_and_teacher_blocks_do_not_move(demo_imagenet):
+    """Momentum and weight decay leave unsampled candidates bit-identical; the EMA touches only sampled paths."""
+    model, student, opt, scaler = _model_and_step()
+    x = _views(demo_imagenet)
+    rng = np.random.default_rng(0)
+    # a first step fills SGD momentum buffers, so the second step would move stale params if grads were zeros
+    pi_step(model, student, opt, scaler, x, *DEMO.sample_pair(rng))
+    alpha, beta = DEMO.sample_pair(rng)
+    s0, t0 = _snapshot(model.student), _snapshot(model.teacher)
+    pi_step(model, student, opt, scaler, x, alpha, beta)
+    s1, t1 = _snapshot(model.student), _snapshot(model.teacher)
+    on = _candidate_prefixes(alpha) | _candidate_prefixes(beta)
+    moved_student = moved_teacher = 0
+    for key, before in s0.items():
+        if ".candidates." not in key or "running_" in key or "num_batches" in key:
+            continue
+        on_path = any(key.startswith(p) for p in on)
+        if on_path:
+            moved_student += not torch.equal(before, s1[key])
+            moved_teacher += not torch.equal(t0[key], t1[key])
+        else:
+            assert torch.equal(before, s1[key]), f"student {key} moved though off both paths"
+            assert torch.equal(t0[key], t1[key]), f"teacher {key} moved though off both paths"
+    assert moved_student > 0 and moved_teacher > 0
+    # shared modules move in both
+    assert not torch.equal(s0["projector.0.weight"], s1["projector.0.weight"])
+    assert not torch.equal(t0["projector.0.weight"], t1["projector.0.weight"])
+
+
+def test_path_restricted_ema_is_the_exact_formula():
+    model, *_ = _model_and_step()
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1.0)
+    arch = DEMO.sample(np.random.default_rng(1))
+    t0, s = _snapshot(model.teacher), _snapshot(model.student)
+    model.momentum_update(arch)
+    t1 = _snapshot(model.teacher)
+    on_path = {"backbone." + n for n in model.student.backbone.path_parameter_names(arch)}
+    for name, _ in model.student.named_parameters():
+        expected = 0.9 * t0[name] + 0.1 * s[name] if (name in on_path or name.startswith("projector.")) else t0[name]
+        assert torch.allclose(t1[name], expected, atol=1e-6), name
+    assert any(n.startswith("backbone.stem") for n in on_path)
+
+
+def test_queue_holds_the_mean_keys(demo_imagenet):
+    model, *_ = _model_and_step()
+    k_alpha = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    k_beta = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    model.enqueue(k_alpha, k_beta)
+    assert torch.allclose(model.queue[:, :8].T, (k_alpha + k_beta) / 2)
+    assert (model.queue[:, :8].norm(dim=0) < 1).all()  # not re-normalised
+    assert int(model.queue_ptr) == 8
+    model.enqueue(k_alpha, k_beta)
+    model.enqueue(k_beta, k_beta)
+    model.enqueue(k_alpha, k_alpha)  # wraps around: 32 slots
+    assert int(model.queue_ptr) == 0
+    assert torch.allclose(model.queue[:, 24:].T, k_alpha)
+
+
+def test_info_nce_is_cross_entropy_with_the_positive_first():
+    from pinas.pi_model import info_nce
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    k = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    queue = torch.nn.functional.normalize(torch.randn(8, 10), dim=0)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], 1) / 0.2
+    expected = -torch.log_softmax(logits, 1)[:, 0].mean()
+    assert torch.allclose(info_nce(q, k, queue, 0.2), expected)
+
+
+def test_contrastive_loss_falls_and_artifact_is_tensor_only(demo_imagenet, tmp_path):
+    cfg = small_config(epochs=6, checkpoint_every=100, log_every=1, queue_size=64, batch_size=32, base_batch=32)
+    manifest = run_supernet(cfg, demo_imagenet / "train", tmp_path)
+    losses = [r["loss"] for r in read_step_log(tmp_path / "metrics.jsonl")]
+    assert len(losses) == manifest["metrics"]["steps"] == 36
+    # the queue is full of real keys after 2 steps; from then on the loss must go down
+    early, late = np.mean(losses[2:8]), np.mean(losses[-6:])
+    assert late < early - 0.2, (early, late)
+    artifact = load_tensors(tmp_path / "supernet.pt")
+    assert set(artifact) == {"student", "teacher", "queue", "queue_ptr"}
+    verify_manifest(tmp_path)
+
+
+def _train_cli(cfg: SupernetConfig, train_dir: Path, out: Path, extra=()):
+    cfg_path = out.parent / f"{out.name}.json"
+    cfg_path.write_text(cfg.model_dump_json())
+    return [sys.executable, "-m", "pinas.supernet_training", "--config", str(cfg_path), "--train-dir",
+            str(train_dir), "--out", str(out), *extra]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.slow
+def test_sigkilled_training_resumes_to_the_same_weights(demo_imagenet, tmp_path):
+    cfg = small_config(epochs=3, checkpoint_every=3)  # 15 steps, checkpoints at 3, 6, 9, 12
+    train = demo_imagenet / "train"
+    subprocess.run(_train_cli(cfg, train, tmp_path / "straight"), check=True, env=_env(), capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cli(cfg, train, killed), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((killed / "checkpoints").glob("checkpoint-00000006.pt")):
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "supernet.pt").exists()
+    steps_logged = [r["step"] for r in read_step_log(killed / "metrics.jsonl")]
+    out = subprocess.run(_train_cli(cfg, train, killed), check=True, env=_env(), capture_output=True, text=True)
+    assert "resuming at step" in out.stderr + out.stdout
+    a, b = load_tensors(tmp_path / "straight" / "supernet.pt"), load_tensors(killed / "supernet.pt")
+    for part in ("student", "teacher"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    assert torch.equal(a["queue"], b["queue"])
+    # the loss curve has each step once, as if never interrupted
+    resumed_steps = [r["step"] for r in read_step_log(killed / "metrics.jsonl")]
+    assert resumed_steps == [r["step"] for r in read_step_log(tmp_path / "straight" / "metrics.jsonl")]
+    assert len(steps_logged) >= 6
+
+
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_agrees_across_ranks(demo_imagenet, tmp_path):
+    """torchrun with 2 CPU processes: same path pairs on both ranks, identical student weights at the end."""
+    cfg = small_config(epochs=1, batch_size=8, queue_size=64, checkpoint_every=100)
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(cfg.model_dump_json())
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER_WITH_STATE)
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(worker), str(cfg_path), str(demo_imagenet / "train"), str(out)],
+                   check=True, env=_env(), capture_output=True, timeout=600)
+    p0, p1 = (json.loads((out / f"paths-{r}.json").read_text()) for r in (0, 1))
+    assert p0 == p1 and len(p0) > 3
+    assert any(a != p0[0][1] for _, a, _ in p0)  # paths change from step to step
+    s0, s1 = (torch.load(out / f"student-{r}.pt", weights_only=True) for r in (0, 1))
+    for key in s0:
+        assert torch.equal(s0[key], s1[key]), key
+    assert torch.equal(load_tensors(out / "supernet.pt")["student"]["projector.0.weight"], s0["projector.0.weight"])
+
+
+WORKER_WITH_STATE = """
+import json, sys, torch
+from pathlib import Path
+import pinas.supernet_training as st
+cfg = st.SupernetConfig.model_validate_json(Path(sys.argv[1]).read_text())
+out = Path(sys.argv[3])
+paths, models = [], []
+original = st.SupernetPi
+class Capturing(original):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        models.append(self)
+st.SupernetPi = Capturing
+st.train_supernet(cfg, Path(sys.argv[2]), out, on_step=lambda s, a, b: paths.append([s, list(a), list(b)]))
+rank = torch.distributed.get_rank()
+(out / f"paths-{rank}.json").write_text(json.dumps(paths))
+torch.save(models[0].student.state_dict(), out / f"student-{rank}.pt")
+"""
