@@ -62,6 +62,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    load_config(args.config, args.profile)  # fail now, not when the first run starts
+    from flows.pipeline import pinas_pipeline
+
+    params = {"profile": args.profile or "demo", "run_root": str(args.run_dir.resolve())}
+    if args.config:
+        params["config_file"] = str(args.config.resolve())
+    pinas_pipeline.serve(name=args.name, parameters=params)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pinas-pipeline", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one setting, e.g. --set supernet.epochs=2 (repeatable)")
     run.set_defaults(func=cmd_run)
+    serve = sub.add_parser("serve", help="serve the pipeline as a long-running deployment (needs a Prefect server)")
+    serve.add_argument("--name", default="served", help="deployment name (pinas-pipeline/<name>)")
+    serve.add_argument("--config", type=Path)
+    serve.add_argument("--profile", choices=["demo", "paper"])
+    serve.add_argument("--run-dir", type=Path, default=Path("runs"))
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -18,7 +18,7 @@ from flows.caching import RESULTS_DIR, StageCachePolicy, stage_dir, stage_key, s
 from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publish_table
 from pinas import __version__
 from pinas.artifacts import atomic_write_json, check_writable_dir
-from pinas.config import PipelineConfig, load_config, needed_datasets
+from pinas.config import PipelineConfig, Profile, load_config, needed_datasets
 from pinas.datasets import resolve_datasets
 from pinas.supernet_training import run_supernet
 
@@ -47,10 +47,16 @@ def supernet_task(stage: str, config: Any, upstream: dict[str, dict], run_root: 
 
 
 @flow(name="pinas-pipeline", log_prints=True)
-def pinas_pipeline(config: PipelineConfig | None = None, run_root: str = "runs") -> dict[str, Any]:
-    """Run every built stage of Pi-NAS on ``config``; finished stages come from the cache."""
+def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None = None,
+                   config_file: str | None = None, run_root: str = "runs",
+                   config: PipelineConfig | None = None) -> dict[str, Any]:
+    """Run every built stage of Pi-NAS; finished stages come from the cache.
+
+    Deployments and the UI pass ``profile`` + ``overrides`` (a nested mapping merged over the profile, e.g.
+    ``{"data": {"imagenet": "/data/imagenet"}}``) or a ``config_file`` on the worker; the CLI passes ``config``.
+    """
     started = time.perf_counter()
-    config = config or load_config(profile="demo")
+    config = config or load_config(config_file, profile, overrides)
     root = check_writable_dir(Path(run_root))
     storage = root / RESULTS_DIR  # a Path: Prefect stores records as <path>/<cache key>
     datasets = data_task(config.data, str(root), needed_datasets(config))

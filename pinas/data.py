@@ -73,9 +73,13 @@ class ImageFolderDataset(Dataset):
 
 
 def batch_loader(dataset: Dataset, batches, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A loader over an explicit batch stream (see :class:`pinas.training.EpochBatchSampler`)."""
+    """A loader over an explicit batch stream (see :class:`pinas.training.EpochBatchSampler`).
+
+    It gets a generator of its own: a DataLoader iterator otherwise draws its worker seed from the global torch RNG,
+    which would shift the augmentation stream of a resumed run against an uninterrupted one.
+    """
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
 
 def sequential_batches(n: int, batch_size: int) -> list[list[int]]:

@@ -214,7 +214,8 @@ def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return final_lr + 0.5 * (base_lr - final_lr) * (1 + np.cos(np.pi * min(1.0, progress)))
+    # a Python float: numpy scalars in optimizer state would make checkpoints fail torch.load(weights_only=True)
+    return float(final_lr + 0.5 * (base_lr - final_lr) * (1 + np.cos(np.pi * min(1.0, progress))))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
