@@ -41,13 +41,24 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+#: the metrics worth a line in the terminal (everything is in last_run.json and the stage manifests)
+HEADLINE = {"supernet": ("first_loss", "final_loss"), "linear-probe": ("val_top1",),
+            "search": ("best_arch", "best_score", "random_population_median_score"), "retrain": ("top1", "top5"),
+            "transfer-coco": ("coco/bbox_mAP", "coco/segm_mAP", "wall_time_s", "peak_rss_mib"),
+            "transfer-ade20k": ("mIoU", "aAcc", "wall_time_s", "peak_rss_mib"),
+            "transfer-cityscapes": ("mIoU", "aAcc", "wall_time_s", "peak_rss_mib"),
+            "export": ("parity_max_abs_diff", "top1_agreement", "latency_ratio_b1", "latency_ratio_b32")}
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     print(f"\npinas {summary['pinas_version']} — profile {summary['profile']} — run root {summary['run_root']}")
     for name, record in summary["stages"].items():
-        shown = {k: v for k, v in record["metrics"].items() if not isinstance(v, (dict, list))}
-        print(f"  {name:<10} {summary['seconds'].get(name, 0):>8.1f} s  {record['dir']}")
+        shown = {k: record["metrics"][k] for k in HEADLINE.get(name, ()) if k in record["metrics"]}
+        print(f"  {name:<20} {summary['seconds'].get(name, 0):>8.1f} s  {record['dir']}")
         if shown:
-            print(f"  {'':<10} {json.dumps(shown)}")
+            print(f"  {'':<20} {json.dumps(shown)}")
+        if "published" in record:
+            print(f"  {'':<20} ONNX model and card: {record['published']}")
     print(f"  total {summary['total_seconds']:.1f} s; summary in {Path(summary['run_root']) / 'last_run.json'}")
 
 
@@ -59,6 +70,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summary = pinas_pipeline(config=config, run_root=str(args.run_dir))
     _print_summary(summary)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from flows.status import format_rows, run_status
+
+    config = load_config(args.config, args.profile)
+    wanted = [s for s in config.stages if s != "transfer"] + (
+        [f"transfer-{t}" for t in config.transfer.tasks] if "transfer" in config.stages else [])
+    rows = run_status(args.run_dir, wanted)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0
 
 
@@ -83,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one setting, e.g. --set supernet.epochs=2 (repeatable)")
     run.set_defaults(func=cmd_run)
+    status = sub.add_parser("status", help="which stages of a run root are done, cached, partial or missing")
+    status.add_argument("--run-dir", type=Path, default=Path("runs"))
+    status.add_argument("--config", type=Path)
+    status.add_argument("--profile", choices=["demo", "paper"])
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    rank = sub.add_parser("rank", help="Kendall tau / Spearman rho between two score files (pinas.ranking)",
+                          add_help=False)
+    rank.add_argument("args", nargs=argparse.REMAINDER, help="see python -m pinas.ranking --help")
     serve = sub.add_parser("serve", help="serve the pipeline as a long-running deployment (needs a Prefect server)")
     serve.add_argument("--name", default="served", help="deployment name (pinas-pipeline/<name>)")
     serve.add_argument("--config", type=Path)
@@ -93,9 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rank"]:  # its own parser, flags and all
+        from pinas.ranking import main as rank_main
+
+        return rank_main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     try:
         return args.func(args)
     except (ConfigError, DatasetError, ArchError, RunRootError, FileExistsError) as exc:

@@ -1,12 +1,16 @@
 """The pinas pipeline as a Prefect flow: one cached task per stage, records (not tensors) between them.
 
 Each stage task is a few lines: find its folder from the cache key, call the ``pinas`` stage function (which resumes
-from its own checkpoints), return the record. Prefect persists the record as JSON under ``<run root>/results`` and
-returns it on later runs with the same inputs, after :class:`~flows.caching.StageCachePolicy` has verified the files.
+from its own checkpoints), publish what a person wants to see in the UI, return the record. Prefect persists the
+record as JSON under ``<run root>/results`` and returns it on later runs with the same inputs, after
+:class:`~flows.caching.StageCachePolicy` has verified the files. The three transfers are independent tasks and
+run concurrently when submitted.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,17 +21,36 @@ from prefect.cache_policies import NO_CACHE
 from flows.caching import RESULTS_DIR, StageCachePolicy, stage_dir, stage_key, stage_record, upstream_digests
 from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publish_table
 from pinas import __version__
-from pinas.artifacts import atomic_write_json, check_writable_dir
-from pinas.config import PipelineConfig, Profile, load_config, needed_datasets
+from pinas.artifacts import atomic_write_json, check_writable_dir, publish_copy
+from pinas.config import SEARCHED, PipelineConfig, Profile, load_config, needed_datasets
 from pinas.datasets import resolve_datasets
+from pinas.export import run_export
+from pinas.linear_probe import run_linear_probe
+from pinas.paper import compare_rows
+from pinas.retrain import run_retrain
+from pinas.search import run_search
 from pinas.supernet_training import run_supernet
+from pinas.transfer_stage import run_transfer_stage
 
 log = logging.getLogger("pinas")
+EXPORTS_DIR = Path(os.environ.get("PINAS_EXPORTS_DIR", "exports"))
+STAGE_TASK = {"cache_policy": StageCachePolicy(), "persist_result": True, "result_serializer": "json"}
 
 
-def _locate(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> tuple[str, Path]:
+def locate(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> tuple[str, Path]:
+    """(cache key, stage folder) of a stage: the same computation the cache policy makes."""
     key = stage_key(stage, config, upstream_digests(upstream))
     return key, stage_dir(run_root, stage, key)
+
+
+def _path(record: dict, *parts: str) -> Path:
+    return Path(record["path"], *parts)
+
+
+def _finish(stage: str, title: str, folder: Path, key: str) -> dict:
+    record = stage_record(stage, folder, key)
+    publish_markdown(f"{stage}-summary", metrics_markdown(title, record), f"{title} summary")
+    return record
 
 
 @task(name="data", cache_policy=NO_CACHE)
@@ -36,43 +59,134 @@ def data_task(config: Any, run_root: str, needed: tuple[str, ...]) -> dict[str, 
     return resolve_datasets(config, Path(run_root), needed)
 
 
-@task(name="supernet", cache_policy=StageCachePolicy(), persist_result=True, result_serializer="json")
+@task(name="supernet", **STAGE_TASK)
 def supernet_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
     """Stage 1: unsupervised supernet-Pi training."""
-    key, folder = _locate(stage, config, upstream, run_root)
-    run_supernet(config, Path(upstream["imagenet"]["path"]) / "train", folder, progress_reporter(stage))
-    record = stage_record(stage, folder, key)
-    publish_markdown(f"{stage}-summary", metrics_markdown("Supernet-Pi training", record), "supernet summary")
+    key, folder = locate(stage, config, upstream, run_root)
+    run_supernet(config, _path(upstream["imagenet"], "train"), folder, progress_reporter(stage))
+    return _finish(stage, "Supernet-Pi training", folder, key)
+
+
+@task(name="linear-probe", **STAGE_TASK)
+def probe_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+    """The shared linear classifier on the frozen supernet (needed by the linear-probe proxy)."""
+    key, folder = locate(stage, config, upstream, run_root)
+    imagenet = upstream["imagenet"]
+    run_linear_probe(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), folder,
+                     _path(imagenet, "val"), progress_reporter(stage))
+    return _finish(stage, "Linear probe", folder, key)
+
+
+@task(name="search", **STAGE_TASK)
+def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+    """Stage 2: evolutionary search on the trained supernet."""
+    key, folder = locate(stage, config, upstream, run_root)
+    imagenet = upstream["imagenet"]
+    probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
+    run_search(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), _path(imagenet, "val"), folder,
+               probe, progress_reporter(stage))
+    record = _finish(stage, "Evolutionary search", folder, key)
+    result = json.loads((folder / "result.json").read_text())
+    publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
+                                   for c in result["top_k"]], "search: top-k candidates (params, MACs, proxy)")
+    publish_markdown("search-plots", f"## Search plots\n\n- fitness per generation: `{folder / 'fitness.png'}`\n"
+                     f"- Pareto front: `{folder / 'pareto.png'}`\n", "search plots (files)")
     return record
+
+
+@task(name="retrain", **STAGE_TASK)
+def retrain_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+    """Stage 3: the chosen architecture trained from scratch on ImageNet-format data."""
+    key, folder = locate(stage, config, upstream, run_root)
+    run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress_reporter(stage))
+    record = _finish(stage, "Retraining", folder, key)
+    publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"]), "retrain vs the paper")
+    return record
+
+
+@task(name="transfer", **STAGE_TASK)
+def transfer_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+    """Stage 4: one OpenMMLab downstream task on the retrained backbone."""
+    key, folder = locate(stage, config, upstream, run_root)
+    name = stage.split("-", 1)[1]
+    run_transfer_stage(name, config, Path(upstream["retrain"]["dir"]), Path(upstream[name]["path"]), folder)
+    record = _finish(stage, f"Transfer: {name}", folder, key)
+    publish_table(f"{stage}-vs-paper", compare_rows(name, record["metrics"]), f"{name} vs the paper")
+    return record
+
+
+@task(name="export", **STAGE_TASK)
+def export_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+    """Stage 5: ONNX export, onnxruntime parity and latency, model card."""
+    key, folder = locate(stage, config, upstream, run_root)
+    transfers = {name.split("-", 1)[1]: rec["metrics"] for name, rec in upstream.items()
+                 if name.startswith("transfer-")}
+    manifest = run_export(config, Path(upstream["retrain"]["dir"]), Path(upstream["imagenet"]["path"]), folder,
+                          transfers)
+    record = _finish(stage, "ONNX export", folder, key)
+    # the deployable files, also where people look for them: exports/<run root>-<key>/
+    published = publish_copy(folder, [*manifest["files"], "manifest.json"],
+                             EXPORTS_DIR / f"{Path(run_root).name}-{key[:8]}")
+    record["published"] = str(published)
+    publish_markdown("model-card", (folder / "model_card.md").read_text(), "model card")
+    return record
+
+
+def retrain_config(config: PipelineConfig, search: dict | None) -> Any:
+    """The retrain section with the architecture the pipeline chose (the searched best, or ``config.arch``)."""
+    arch = search["metrics"]["best_arch"] if config.arch == SEARCHED else config.arch
+    return config.retrain.model_copy(update={"arch": arch})
 
 
 @flow(name="pinas-pipeline", log_prints=True)
 def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None = None,
                    config_file: str | None = None, run_root: str = "runs",
                    config: PipelineConfig | None = None) -> dict[str, Any]:
-    """Run every built stage of Pi-NAS; finished stages come from the cache.
+    """Run the stages of Pi-NAS listed in ``config.stages``; finished stages come from the cache.
 
     Deployments and the UI pass ``profile`` + ``overrides`` (a nested mapping merged over the profile, e.g.
     ``{"data": {"imagenet": "/data/imagenet"}}``) or a ``config_file`` on the worker; the CLI passes ``config``.
     """
     started = time.perf_counter()
     config = config or load_config(config_file, profile, overrides)
-    root = check_writable_dir(Path(run_root))
-    storage = root / RESULTS_DIR  # a Path: Prefect stores records as <path>/<cache key>
-    datasets = data_task(config.data, str(root), needed_datasets(config))
-    timings: dict[str, float] = {}
+    root = str(check_writable_dir(Path(run_root)))
+    storage = Path(root) / RESULTS_DIR  # a Path: Prefect stores each record as <path>/<cache key>
+    datasets = data_task(config.data, root, needed_datasets(config))
+    stages: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
 
-    t = time.perf_counter()
-    supernet = supernet_task.with_options(result_storage=storage)(
-        "supernet", config.supernet, {"imagenet": datasets["imagenet"]}, str(root))
-    timings["supernet"] = round(time.perf_counter() - t, 2)
+    def run(stage: str, fn, stage_config: Any, upstream: dict[str, dict]) -> dict:
+        t = time.perf_counter()
+        stages[stage] = fn.with_options(result_storage=storage)(stage, stage_config, upstream, root)
+        seconds[stage] = round(time.perf_counter() - t, 2)
+        return stages[stage]
 
-    summary = {"pinas_version": __version__, "profile": config.profile, "run_root": str(root),
-               "datasets": {k: v["path"] for k, v in datasets.items()},
-               "stages": {"supernet": supernet}, "seconds": timings,
+    imagenet = {"imagenet": datasets["imagenet"]}
+    if "supernet" in config.stages:
+        run("supernet", supernet_task, config.supernet, imagenet)
+    if "search" in config.stages:
+        upstream = {**imagenet, "supernet": stages["supernet"]}
+        if config.search.evaluator.proxy == "linear_probe":
+            upstream["probe"] = run("linear-probe", probe_task, config.linear_probe, upstream)
+        run("search", search_task, config.search, upstream)
+    if "retrain" in config.stages:
+        run("retrain", retrain_task, retrain_config(config, stages.get("search")), imagenet)
+    if "transfer" in config.stages:
+        t = time.perf_counter()
+        futures = {f"transfer-{name}": transfer_task.with_options(result_storage=storage).submit(
+            f"transfer-{name}", task_cfg, {"retrain": stages["retrain"], name: datasets[name]}, root)
+            for name, task_cfg in config.transfer.tasks.items()}
+        for stage, future in futures.items():
+            stages[stage] = future.result()
+            seconds[stage] = round(time.perf_counter() - t, 2)
+    if "export" in config.stages:
+        transfers = {k: v for k, v in stages.items() if k.startswith("transfer-")}
+        run("export", export_task, config.export, {**imagenet, "retrain": stages["retrain"], **transfers})
+
+    summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root,
+               "datasets": {k: v["path"] for k, v in datasets.items()}, "stages": stages, "seconds": seconds,
                "total_seconds": round(time.perf_counter() - started, 2)}
-    atomic_write_json(root / "last_run.json", summary)
-    publish_table("pipeline-stages", [{"stage": name, "folder": rec["dir"], "seconds": timings.get(name),
-                                       **{k: v for k, v in rec["metrics"].items() if not isinstance(v, dict)}}
-                                      for name, rec in summary["stages"].items()], "stages of this run")
+    atomic_write_json(Path(root) / "last_run.json", summary)
+    publish_table("pipeline-stages", [{"stage": name, "seconds": seconds.get(name), "folder": rec["dir"]}
+                                      for name, rec in stages.items()], "stages of this run")
     return summary

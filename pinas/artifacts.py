@@ -149,3 +149,24 @@ def verify_manifest(stage_dir: str | os.PathLike) -> dict[str, Any]:
         if actual != digest:
             raise ArtifactError(f"{path}: sha256 {actual[:12]}... does not match the manifest's {digest[:12]}...")
     return manifest
+
+
+def publish_copy(source_dir: str | os.PathLike, files: list[str], dest_dir: str | os.PathLike) -> Path:
+    """Copy ``files`` (relative to ``source_dir``) into ``dest_dir``, replacing it as a whole (staged, then renamed)."""
+    import shutil
+
+    dest = Path(dest_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for rel in files:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(source_dir) / rel, staging / rel)
+        staging.chmod(0o777 & ~_UMASK)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest

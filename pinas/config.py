@@ -11,13 +11,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .datasets import DataConfig
+from .export import ExportConfig
+from .linear_probe import LinearProbeConfig
+from .retrain import RetrainConfig
+from .search import SearchConfig
+from .space import get_space
 from .supernet_training import SupernetConfig
+from .transfer_stage import TransferConfig
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 Profile = Literal["demo", "paper"]
+StageName = Literal["supernet", "search", "retrain", "transfer", "export"]
+ALL_STAGES: tuple[str, ...] = ("supernet", "search", "retrain", "transfer", "export")
+SEARCHED = "searched"
 
 
 class ConfigError(ValueError):
@@ -30,13 +39,46 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: Profile = "demo"
+    stages: list[StageName] = Field(default_factory=lambda: list(ALL_STAGES))
+    arch: str = Field(SEARCHED, description="architecture that is retrained, transferred and exported: 'searched' "
+                      "takes the search stage's best, anything else is an architecture string or name of "
+                      "retrain.space (and replaces retrain.arch)")
     data: DataConfig = DataConfig()
     supernet: SupernetConfig = SupernetConfig()
+    linear_probe: LinearProbeConfig = LinearProbeConfig()
+    search: SearchConfig = SearchConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    transfer: TransferConfig = TransferConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> PipelineConfig:
+        stages = set(self.stages)
+        needs = {"search": {"supernet"}, "transfer": {"retrain"}, "export": {"retrain"}}
+        if self.arch == SEARCHED:
+            needs["retrain"] = {"search"}
+        else:
+            try:
+                get_space(self.retrain.space).parse(self.arch)
+            except ValueError as exc:
+                raise ValueError(f"arch: {exc}") from None
+        for stage, required in needs.items():
+            missing = required - stages
+            if stage in stages and missing:
+                raise ValueError(f"stages: {stage!r} needs {sorted(missing)} in the same run"
+                                 + (" (or set arch to an architecture)" if stage == "retrain" else ""))
+        if self.arch == SEARCHED and "search" in stages and self.retrain.space != self.supernet.space:
+            raise ValueError(f"retrain.space {self.retrain.space!r} differs from supernet.space "
+                             f"{self.supernet.space!r}: the searched architecture would not fit")
+        return self
 
 
 def needed_datasets(config: PipelineConfig) -> tuple[str, ...]:
     """The datasets the stages of this pipeline read."""
-    return ("imagenet",)
+    names = ["imagenet"]
+    if "transfer" in config.stages:
+        names += list(config.transfer.tasks)
+    return tuple(names)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -109,23 +109,27 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 class MocoV2Views(nn.Module):
     """The MoCo v2 / OpenSelfSup view pipeline (method doc 2.2), batched on the device with kornia.
 
-    RandomResizedCrop(scale 0.2-1) -> ColorJitter(0.4, 0.4, 0.4, hue 0.4) p=0.8 -> grayscale p=0.2 ->
-    Gaussian blur sigma U(0.1, 2) p=0.5 -> horizontal flip -> normalise. The blur kernel is ~10% of the crop,
-    as in SimCLR/MoCo v2 (23 px at 224).
+    RandomResizedCrop(scale crop_min_scale-1) -> ColorJitter(jitter, jitter, jitter, hue) p=0.8 -> grayscale
+    p=grayscale_p -> Gaussian blur sigma U(0.1, 2) p=blur_p -> horizontal flip -> normalise. The defaults are the
+    paper's; the strengths are settings because tiny images (the demo profile) lose their identity under the full
+    distortion. The blur kernel is ~10% of the crop, as in SimCLR/MoCo v2 (23 px at 224).
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, crop_min_scale: float = 0.2, jitter: float = 0.4, hue: float = 0.4,
+                 grayscale_p: float = 0.2, blur_p: float = 0.5):
         super().__init__()
         import kornia.augmentation as K
 
         kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        self.augment = nn.Sequential(
-            K.RandomResizedCrop((size, size), scale=(0.2, 1.0)),
-            K.ColorJitter(0.4, 0.4, 0.4, 0.4, p=0.8),
-            K.RandomGrayscale(p=0.2),
-            K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5),
-            K.RandomHorizontalFlip(),
-        )
+        steps: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=(crop_min_scale, 1.0))]
+        if jitter or hue:
+            steps.append(K.ColorJitter(jitter, jitter, jitter, hue, p=0.8))
+        if grayscale_p:
+            steps.append(K.RandomGrayscale(p=grayscale_p))
+        if blur_p:
+            steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_p))
+        steps.append(K.RandomHorizontalFlip())
+        self.augment = nn.Sequential(*steps)
         self.normalize = Normalize()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

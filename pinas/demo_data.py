@@ -34,7 +34,7 @@ ROUND_CLASSES = frozenset({"circle", "ring"})  # written as RLE in COCO; the pol
 IGNORE_INDEX = 255  # Cityscapes trainId "ignore" and the background of class maps
 MIN_INSTANCE_PIXELS = 16  # an instance occluded below this is never kept in a scene
 MAX_OCCLUDED_FRACTION = 0.5  # later shapes may hide at most this much of an earlier one
-FORMAT_VERSION = 1  # bump when the rendering changes, so stale folders are reported instead of reused
+FORMAT_VERSION = 2  # bump when the rendering changes, so stale folders are reported instead of reused
 JPEG_QUALITY = 90
 SPLITS = ("train", "val")
 _SPLIT_CODE = {"train": 0, "val": 1}
@@ -191,20 +191,20 @@ def _rgb(values: np.ndarray) -> tuple[int, int, int]:
     return int(values[0]), int(values[1]), int(values[2])
 
 
-def _color(rng: np.random.Generator, avoid: tuple[np.ndarray, ...] = ()) -> tuple[int, int, int]:
-    """A random colour far (L1 >= 150) from the background colours, so shapes stay visible."""
-    color = rng.integers(0, 256, 3)
-    for _ in range(20):
-        if all(np.abs(color - a).sum() >= 150 for a in avoid):
-            break
-        color = rng.integers(0, 256, 3)
-    return _rgb(color)
+def _shape_color(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A light colour (150-255 per channel): shapes are always lighter than the dark backgrounds.
+
+    One polarity on purpose: when a shape could be lighter *or* darker than its background, a network first has
+    to learn to ignore the sign of the contrast, and a few CPU epochs on 600 images were not enough (retraining
+    stayed at chance, about 22 %, against about 78 % with one polarity, random colours and textures kept).
+    """
+    return _rgb(rng.integers(150, 256, 3))
 
 
 def _sample_background(rng: np.random.Generator) -> Background:
     kind = ("noise", "stripes", "gradient")[int(rng.integers(3))]
-    color_a = np.array(_color(rng))
-    color_b = (color_a + rng.integers(-80, 81, 3)).clip(0, 255)
+    color_a = rng.integers(0, 111, 3)
+    color_b = (color_a + rng.integers(-40, 41, 3)).clip(0, 110)
     return Background(kind, _rgb(color_a), _rgb(color_b), angle=float(rng.uniform(0, np.pi)),
                       frequency=float(rng.uniform(2, 7)), seed=int(rng.integers(2**31)))
 
@@ -213,7 +213,7 @@ def _sample_shape(rng: np.random.Generator, bg: Background, cls: int, radius: tu
                   centre: tuple[float, float] | None = None) -> Shape:
     r = float(rng.uniform(*radius))
     lo, hi = centre if centre is not None else (r, 1 - r)  # keep detection shapes inside the frame
-    return Shape(cls, _color(rng, (np.array(bg.color_a), np.array(bg.color_b))), cx=float(rng.uniform(lo, hi)),
+    return Shape(cls, _shape_color(rng), cx=float(rng.uniform(lo, hi)),
                  cy=float(rng.uniform(lo, hi)), radius=r, angle=float(rng.uniform(0, 2 * np.pi)))
 
 

@@ -30,6 +30,7 @@ from .training import (
     Checkpointer,
     DistInfo,
     EpochBatchSampler,
+    ProgressFn,
     StepLog,
     broadcast_object,
     cosine_lr,
@@ -43,7 +44,6 @@ from .training import (
 
 log = logging.getLogger("pinas")
 ARTIFACT = "supernet.pt"
-ProgressFn = Callable[[int, int, dict], None]
 StepHook = Callable[[int, Arch, Arch], None]
 
 
@@ -65,6 +65,11 @@ class SupernetConfig(BaseModel):
     feature_dim: int = 128
     projector_hidden: int = 2048
     decode_size: int | None = Field(None, description="square the loader decodes to; default input_size * 8/7")
+    crop_min_scale: float = Field(0.2, gt=0, le=1, description="smallest crop area of RandomResizedCrop")
+    color_jitter: float = Field(0.4, ge=0, description="brightness/contrast/saturation jitter strength")
+    hue: float = Field(0.4, ge=0, le=0.5, description="hue jitter (OpenSelfSup's MoCo v2 uses 0.4)")
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.5, ge=0, le=1)
     amp: Literal["auto", "on", "off"] = "auto"
     channels_last: bool = False
     device: str = "auto"
@@ -86,6 +91,11 @@ class SupernetConfig(BaseModel):
 
 def _amp_enabled(cfg: SupernetConfig, device: torch.device) -> bool:
     return cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+
+
+def training_views(cfg: SupernetConfig, size: int) -> MocoV2Views:
+    """The view pipeline this supernet was trained with (the contrastive proxy scores with the same one)."""
+    return MocoV2Views(size, cfg.crop_min_scale, cfg.color_jitter, cfg.hue, cfg.grayscale_p, cfg.blur_p)
 
 
 def four_views(views: MocoV2Views, images: torch.Tensor, channels_last: bool = False) -> tuple[torch.Tensor, ...]:
@@ -157,7 +167,7 @@ def train_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress
                                 weight_decay=cfg.weight_decay)
     amp = _amp_enabled(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    augment = MocoV2Views(space.input_size).to(device)
+    augment = training_views(cfg, space.input_size).to(device)
     path_rng = np.random.default_rng(cfg.seed)
 
     checkpoints = Checkpointer(out_dir / "checkpoints")

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ import torch.distributed as dist
 from .artifacts import ArtifactError, atomic_torch_save, atomic_write_bytes, load_tensors
 
 log = logging.getLogger("pinas")
+#: ``progress(done, total, record)``: how a stage reports its loop (the flow turns it into a Prefect progress bar)
+ProgressFn = Callable[[int, int, dict], None]
 
 
 # --------------------------------------------------------------------------------------------------- distributed

@@ -1,5 +1,8 @@
 """The Prefect pipeline against a real (temporary) Prefect API: caching, invalidation, rebuild, bad input."""
+import json
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -12,6 +15,7 @@ from pinas.artifacts import sha256_file, verify_manifest
 from pinas.config import load_config
 
 TINY = {
+    "stages": ["supernet"],
     "data": {"generated": {"cls_train_per_class": 16, "cls_val_per_class": 4, "det_train_images": 8,
                            "det_val_images": 4}},
     "supernet": {"epochs": 1, "batch_size": 16, "base_batch": 16, "queue_size": 32, "projector_hidden": 64,
@@ -75,6 +79,53 @@ def test_cache_hits_changes_and_rebuilds(tmp_path):
     verify_manifest(record["dir"])
 
 
+E2E = {
+    "data": TINY["data"],
+    "supernet": TINY["supernet"],
+    "search": {"population": 4, "generations": 2, "parents": 2, "mutations": 2, "crossovers": 2, "top_k": 3,
+               "evaluator": {"batch_size": 16, "recal_batches": 1, "heldout_images": 16}},
+    "retrain": {"epochs": 1, "batch_size": 16, "eval_every": 0},
+    "transfer": {"tasks": {"coco": {"config": "demo_mask-rcnn_coco.py", "max_iters": 4},
+                           "ade20k": {"config": "demo_deeplabv3_ade20k.py", "max_iters": 4},
+                           "cityscapes": {"config": "demo_deeplabv3_cityscapes.py", "max_iters": 4}}},
+    "export": {"latency_batches": [], "parity_images": 8, "eval_images": 20},
+}
+STAGES = ["supernet", "search", "retrain", "transfer-coco", "transfer-ade20k", "transfer-cityscapes", "export"]
+
+
+@pytest.mark.slow
+def test_every_stage_end_to_end_then_from_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PINAS_EXPORTS_DIR", str(tmp_path / "exports"))
+    monkeypatch.setattr("flows.pipeline.EXPORTS_DIR", tmp_path / "exports")
+    config = load_config(profile="demo", overrides=E2E)
+    summary, states, flow_run = run(config, tmp_path / "runs")
+    assert flow_run.state.is_completed()
+    assert list(summary["stages"]) == STAGES
+    for stage in STAGES:
+        assert states[stage.split("-")[0] if stage.startswith("transfer") else stage] == "Completed"
+        manifest = verify_manifest(summary["stages"][stage]["dir"])
+        assert manifest["files"], stage
+    searched = summary["stages"]["search"]["metrics"]["best_arch"]
+    retrain_cfg = json.loads(Path(summary["stages"]["retrain"]["files"]["model_config.json"]).read_text())
+    assert retrain_cfg["arch"] == searched  # the searched architecture is what was retrained
+    assert summary["stages"]["transfer-coco"]["metrics"]["coco/bbox_mAP"] >= 0
+    assert "mIoU" in summary["stages"]["transfer-ade20k"]["metrics"]
+    published = Path(summary["stages"]["export"]["published"])
+    assert (published / "model.onnx").is_file() and (published / "model_card.json").is_file()
+    card = json.loads((published / "model_card.json").read_text())
+    assert card["arch"] == searched
+
+    # the whole flow again: every stage from the cache, nothing recomputed
+    t0 = time.perf_counter()
+    summary2, states2, flow_run2 = run(config, tmp_path / "runs")
+    cached_seconds = time.perf_counter() - t0
+    assert flow_run2.state.is_completed()
+    assert set(states2.values()) <= {"Cached", "Completed"} and states2["supernet"] == "Cached"
+    assert all(states2[s] == "Cached" for s in ("supernet", "search", "retrain", "export"))
+    assert summary2["stages"] == summary["stages"]
+    print(f"re-run from cache: {cached_seconds:.1f} s")
+
+
 def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("supernet: [unclosed\n")
@@ -98,4 +149,15 @@ def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
 
     assert cli_main(["run", "--config", str(tmp_path / "absent.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+    assert cli_main(["run", "--set", "arch=0123", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "arch: architecture '0123' has 4 layers, space 'demo' has 8" in capsys.readouterr().err
+
+    assert cli_main(["run", "--set", "transfer.tasks.coco.config=nope.py", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "transfer.tasks.coco.config" in capsys.readouterr().err
+
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")  # a run root that cannot be created, even by root
+    assert cli_main(["run", "--run-dir", str(not_a_dir / "runs")]) == 2
+    assert "is not writable" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))

@@ -123,16 +123,21 @@ def test_info_nce_is_cross_entropy_with_the_positive_first():
 
 
 def test_contrastive_loss_falls_and_artifact_is_tensor_only(tmp_path):
-    """On a small demo set the loss rises while the queue fills with real keys, then falls below that peak."""
+    """On a small demo set the loss rises while the queue fills with real keys, then falls well below that peak.
+
+    The demo profile's milder views (crop from 35 %, hue 0.1) are used: at 64 px the paper's hue 0.4 leaves too
+    little of an image's identity to learn from in 50 steps.
+    """
     from pinas.demo_data import DemoDataSpec, generate_imagenet
 
     data = generate_imagenet(tmp_path / "data", DemoDataSpec(cls_train_per_class=8, cls_val_per_class=2))
-    cfg = small_config(epochs=25, batch_size=20, base_batch=20, queue_size=40, base_lr=0.05, checkpoint_every=1000)
+    cfg = small_config(epochs=25, batch_size=20, base_batch=20, queue_size=40, base_lr=0.05, checkpoint_every=1000,
+                       crop_min_scale=0.35, hue=0.1)
     manifest = run_supernet(cfg, data / "train", tmp_path / "run")
     losses = [r["loss"] for r in read_step_log(tmp_path / "run" / "metrics.jsonl")]
     assert len(losses) == manifest["metrics"]["steps"] == 50
     after_queue_filled, last = np.mean(losses[2:12]), np.mean(losses[-10:])
-    assert last < after_queue_filled - 0.1, (after_queue_filled, last)
+    assert last < after_queue_filled - 0.4, (after_queue_filled, last)
     artifact = load_tensors(tmp_path / "run" / "supernet.pt")
     assert set(artifact) == {"student", "teacher", "queue", "queue_ptr"}
     verify_manifest(tmp_path / "run")

@@ -1,0 +1,62 @@
+"""PNG pictures of a search: fitness per generation and the Pareto front.
+
+Figures are drawn on matplotlib's object API with the Agg canvas, never through ``pyplot``: no global backend
+switch, no window, safe in worker threads and under Prefect. Files are written atomically like every artifact.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .artifacts import atomic_write
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
+def plot_fitness(history: Sequence[dict], path: str | Path, proxy: str = "proxy") -> Path:
+    """Best and mean score of each generation, and the best found so far. ``history`` rows: generation, best,
+    mean, best_so_far."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    gens = [h["generation"] for h in history]
+    ax.plot(gens, [h["best_so_far"] for h in history], "-", color="tab:red", lw=4, alpha=0.4, label="best so far")
+    ax.plot(gens, [h["best"] for h in history], "o-", color="tab:blue", ms=3, label="generation best")
+    ax.plot(gens, [h["mean"] for h in history], "s--", color="tab:gray", ms=3, label="generation mean")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("generation")
+    ax.set_ylabel(f"{proxy} score (higher is better)")
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_pareto(candidates: Sequence[dict], front: Sequence[bool], path: str | Path, best: dict | None = None,
+                proxy: str = "proxy") -> Path:
+    """Every evaluated candidate in grey, the non-dominated ones highlighted, score against MMACs."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    macs = np.array([c["macs"] for c in candidates]) / 1e6
+    score = np.array([c["score"] for c in candidates])
+    front = np.asarray(front, bool)
+    ax.scatter(macs[~front], score[~front], s=10, color="0.7", label="evaluated")
+    order = np.argsort(macs[front])
+    ax.step(macs[front][order], score[front][order], "o-", where="post", color="tab:orange", ms=5,
+            label="Pareto front")
+    if best is not None:
+        ax.scatter([best["macs"] / 1e6], [best["score"]], marker="*", s=160, color="tab:red", zorder=3, label="best")
+    ax.set_xlabel("MMACs")
+    ax.set_ylabel(f"{proxy} score (higher is better)")
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

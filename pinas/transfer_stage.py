@@ -1,0 +1,89 @@
+"""Stage 4 as a pipeline stage: one OpenMMLab transfer task (COCO, ADE20K or Cityscapes) on the retrained backbone.
+
+:func:`pinas.transfer.run_transfer` runs an MMDetection / MMSegmentation config with MMEngine's Runner and resumes
+from its own ``last_checkpoint``; this module picks the config per dataset, takes the architecture and weights from
+the retrain stage's folder, runs ``python -m pinas.transfer`` in a child process (under ``torchrun`` for several
+GPUs), and writes the stage manifest.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .artifacts import read_manifest, write_manifest
+from .launch import run_module
+from .transfer import METRICS_FILE
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "transfer_configs"
+TransferName = Literal["coco", "ade20k", "cityscapes"]
+
+
+def resolve_config(path: str) -> Path:
+    candidate = Path(path).expanduser()
+    resolved = candidate if candidate.is_absolute() else CONFIGS_DIR / candidate
+    if not resolved.is_file():
+        raise ValueError(f"transfer config {path} not found (looked at {resolved})")
+    return resolved
+
+
+class TransferTask(BaseModel):
+    """One downstream task: an OpenMMLab config (relative paths resolve in ``transfer_configs/``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: str
+    max_iters: int | None = Field(None, ge=1, description="override the config's training length")
+    cfg_options: dict[str, Any] = Field(default_factory=dict, description="extra MMEngine config overrides")
+    nproc: int = Field(1, ge=1, description="processes (GPUs); > 1 launches torchrun")
+
+    @field_validator("config")
+    @classmethod
+    def _config_exists(cls, value: str) -> str:
+        resolve_config(value)  # a missing file is reported with the config, before anything trains
+        return value
+
+
+def _paper_tasks() -> dict[str, TransferTask]:
+    return {"coco": TransferTask(config="mask-rcnn_pinas-trans_fpn_syncbn_1x_coco.py"),
+            "ade20k": TransferTask(config="deeplabv3_pinas-trans_os8_ade20k.py"),
+            "cityscapes": TransferTask(config="deeplabv3_pinas-trans_os8_cityscapes.py")}
+
+
+class TransferConfig(BaseModel):
+    """The transfer tasks to run; each is an independent stage of the pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: dict[TransferName, TransferTask] = Field(default_factory=_paper_tasks)
+
+
+def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_root: Path, out_dir: Path) -> dict:
+    """Fine-tune the retrained backbone on one task; returns the stage manifest (metrics from the final val)."""
+    config = resolve_config(task.config)
+    retrain_dir, out_dir = Path(retrain_dir), Path(out_dir)
+    read_manifest(retrain_dir)
+    model_cfg = json.loads((retrain_dir / "model_config.json").read_text())
+    checkpoint = retrain_dir / "model.pt"
+    # always a child process: MMEngine keeps global state (default scope, message hub), so two runners in one
+    # process would interfere, and the pipeline runs the three transfers at the same time
+    args = [str(config), "--work-dir", str(out_dir), "--arch", model_cfg["arch"], "--space", model_cfg["space"],
+            "--checkpoint", str(checkpoint), "--data-root", str(data_root)]
+    if task.nproc > 1:
+        args += ["--launcher", "pytorch"]
+    if task.max_iters:
+        args += ["--max-iters", str(task.max_iters)]
+    if task.cfg_options:
+        args += ["--cfg-options", *(f"{k}={json.dumps(v)}" for k, v in task.cfg_options.items())]
+    run_module("pinas.transfer", args, nproc=task.nproc)
+    result = json.loads((out_dir / METRICS_FILE).read_text())
+    # MMEngine names its newest checkpoint in ``last_checkpoint``; it joins the manifest so corruption is caught
+    pointer = out_dir / "last_checkpoint"
+    last = Path(pointer.read_text().strip()).name if pointer.is_file() else None
+    files = [METRICS_FILE] + ([last] if last and (out_dir / last).is_file() else [])
+    metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+    metrics.update(wall_time_s=result["wall_time_s"], peak_rss_mib=result["peak_rss_mib"])
+    return write_manifest(out_dir, f"transfer-{name}", files, task.model_dump(), metrics,
+                          extra={"arch": model_cfg["arch"], "space": model_cfg["space"], "config_file": str(config)})

@@ -1,0 +1,213 @@
+"""Candidate evaluation: precise-BN recalibration, the proxies, the evaluation cache and the linear-probe stage.
+
+Real torch on the generated demo data, no mocks. Two supernets are used:
+* ``trained_supernet``: ``run_supernet`` for a few steps on the demo data (the blocks' last-BN gammas move off zero,
+  so different architectures score differently);
+* ``random_supernet``: a freshly initialised supernet-Pi written as a supernet stage artifact (every block starts as
+  the identity, so the features are random convolutional features of the stem and shortcuts), for the probe.
+The fixtures write into the session's base temp folder and reuse what is there, so ``test_search.py`` (which calls
+the same ``make_*`` helpers) does not train a second supernet.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from pinas.artifacts import ArtifactError, atomic_torch_save, load_tensors, write_manifest
+from pinas.data import ImageFolderDataset
+from pinas.demo_data import DemoDataSpec, generate_imagenet
+from pinas.evaluator import (
+    CenterCrop,
+    EvaluatorConfig,
+    FixedBatches,
+    build_evaluator,
+    load_trained_supernet,
+    path_batchnorms,
+    precise_bn,
+)
+from pinas.linear_probe import LinearProbeConfig, run_linear_probe, train_probe
+from pinas.pi_model import SupernetPi
+from pinas.space import DEMO
+from pinas.supernet import PiNASBackbone
+from pinas.supernet_training import SupernetConfig, run_supernet
+
+SUPERNET_CFG = SupernetConfig(space="demo", epochs=0.5, batch_size=16, queue_size=256, projector_hidden=128,
+                              base_lr=1.0, ema_momentum=0.99, num_workers=0, device="cpu", log_every=5)
+TINY_EVAL = EvaluatorConfig(batch_size=8, recal_batches=1, heldout_images=8, reference_paths=1, device="cpu")
+
+
+def make_demo_imagenet(base: Path) -> Path:
+    """The generated demo ImageFolder (5 shape classes, 120 train / 120 val images per class, 72 px): a large val
+    split, because the random-feature probe is only a few points above chance and needs the sample to show it."""
+    return generate_imagenet(base / "demo_data", DemoDataSpec(seed=0, cls_val_per_class=120))
+
+
+def make_trained_supernet(base: Path) -> Path:
+    """A supernet stage folder from a few steps of ``run_supernet`` on the demo data (made once per session)."""
+    out = base / "trained_supernet"
+    if not (out / "manifest.json").is_file():
+        run_supernet(SUPERNET_CFG, make_demo_imagenet(base) / "train", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_imagenet(tmp_path_factory) -> Path:
+    return make_demo_imagenet(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def trained_supernet(tmp_path_factory) -> Path:
+    return make_trained_supernet(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def random_supernet(tmp_path_factory) -> Path:
+    out = tmp_path_factory.getbasetemp() / "random_supernet"
+    if not (out / "manifest.json").is_file():
+        torch.manual_seed(0)
+        model = SupernetPi(PiNASBackbone(DEMO), SUPERNET_CFG.projector_hidden, SUPERNET_CFG.feature_dim,
+                           SUPERNET_CFG.queue_size, SUPERNET_CFG.temperature, SUPERNET_CFG.ema_momentum)
+        atomic_torch_save(model.artifact_state(), out / "supernet.pt")
+        write_manifest(out, "supernet", ["supernet.pt"], SUPERNET_CFG.model_dump())
+    return out
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _batches(seed: int, n: int, size: int = 64, batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, size, size, generator=g) * 2 + 0.5, torch.zeros(batch)) for _ in range(n)]
+
+
+def test_precise_bn_changes_only_the_path_statistics_and_restores_them():
+    torch.manual_seed(0)
+    backbone = PiNASBackbone(DEMO).train()
+    arch = DEMO.sample(np.random.default_rng(1))
+    batches = _batches(0, 3)
+    with torch.no_grad():  # give every BN non-default statistics first, like a trained supernet
+        for x, _ in _batches(1, 2):
+            backbone(x, arch)
+            backbone(x, DEMO.sample(np.random.default_rng(2)))
+    before = _snapshot(backbone)
+    path_buffers = {f"{name}.{b}" for name, m in backbone.named_modules() if m in path_batchnorms(backbone, arch)
+                    for b in ("running_mean", "running_var", "num_batches_tracked")}
+    momenta = {name: m.momentum for name, m in backbone.named_modules() if hasattr(m, "momentum")}
+
+    with precise_bn([(backbone, arch)], batches):
+        assert not backbone.training
+        inside = _snapshot(backbone)
+        for key, value in inside.items():
+            if key in path_buffers:
+                assert not torch.equal(value, before[key]) or key.endswith("num_batches_tracked"), key
+            else:
+                assert torch.equal(value, before[key]), f"{key} changed but is not a path BN buffer"
+        # the stem's first BN now holds exactly the mean of the per-batch statistics of its input
+        conv, bn = backbone.stem[0], backbone.stem[1]
+        with torch.no_grad():
+            feats = [conv(x) for x, _ in batches]
+        means = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+        variances = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
+        torch.testing.assert_close(bn.running_mean, means, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var, variances, rtol=1e-4, atol=1e-5)
+
+    after = _snapshot(backbone)
+    assert all(torch.equal(after[k], before[k]) for k in before), "supernet state differs after recalibration"
+    assert backbone.training
+    assert {name: m.momentum for name, m in backbone.named_modules() if hasattr(m, "momentum")} == momenta
+
+
+def test_contrastive_proxy_is_deterministic_cached_and_leaves_the_supernet_unchanged(trained_supernet,
+                                                                                       demo_imagenet):
+    model, _ = load_trained_supernet(trained_supernet)
+    before = _snapshot(model)
+    rng = np.random.default_rng(0)
+    a, b = DEMO.sample(rng), DEMO.sample(rng)
+    evaluator = build_evaluator(TINY_EVAL, model, demo_imagenet / "train", demo_imagenet / "val")
+    first = evaluator(a)
+    assert evaluator(DEMO.format(a)) is first and evaluator.hits == 1  # cache hit, any spelling of the arch
+    score_b = evaluator(b)
+    assert first.proxy == "contrastive" and first.score == -first.loss and np.isfinite(first.loss)
+    assert score_b.score != first.score, "different paths of a trained supernet should score differently"
+    # a fresh evaluator (no cache), evaluating in another order, gives bit-identical scores
+    fresh = build_evaluator(TINY_EVAL, model, demo_imagenet / "train", demo_imagenet / "val")
+    assert fresh(b) == score_b and fresh(a) == first
+    after = _snapshot(model)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_bn_gamma_proxy_sums_last_bn_gammas(trained_supernet):
+    model, _ = load_trained_supernet(trained_supernet)
+    evaluator = build_evaluator(EvaluatorConfig(proxy="bn_gamma"), model, None, None)
+    arch = DEMO.sample(np.random.default_rng(3))
+    gammas = model.student.backbone.last_bn_gammas()
+    expected = sum(gammas[(i, c)].abs().mean().item() for i, c in enumerate(arch))
+    assert evaluator(arch).score == pytest.approx(expected, rel=1e-9)
+
+
+def test_fixed_batches_are_identical_with_and_without_the_memory_cache(demo_imagenet):
+    from pinas.evaluator import FourViews
+
+    dataset = ImageFolderDataset(demo_imagenet / "val", 73)
+    idx = [[0, 1, 2, 3], [40, 41, 42, 43]]
+    cpu = torch.device("cpu")
+    cached = FixedBatches(dataset, idx, FourViews(64), cpu, seed=5, cache_bytes=1 << 30)
+    uncached = FixedBatches(dataset, idx, FourViews(64), cpu, seed=5, cache_bytes=0)
+    for _ in range(2):
+        for (x1, y1), (x2, y2) in zip(cached, uncached):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2) and x1.shape == (16, 3, 64, 64)
+    center = list(FixedBatches(dataset, idx, CenterCrop(64), cpu))
+    assert center[0][0].shape == (4, 3, 64, 64)
+
+
+PROBE_CFG = LinearProbeConfig(epochs=5, batch_size=32, lr=0.1, crop_min_scale=0.5, num_workers=0, device="cpu",
+                              log_every=20, checkpoint_every=50, val_archs=1, val_recal_batches=8)
+
+
+def test_linear_probe_beats_chance_on_the_demo_data(random_supernet, demo_imagenet, tmp_path):
+    manifest = run_linear_probe(PROBE_CFG, random_supernet, demo_imagenet / "train", tmp_path / "probe",
+                                val_dir=demo_imagenet / "val")
+    top1 = manifest["metrics"]["val_top1_mean"]
+    # 5 balanced classes, 600 val images: chance is 20 %; one-sided binomial test against it (about 25 % is
+    # what random convolutional features give here, p ~ 0.002)
+    correct = round(top1 * 600 / 100)
+    assert stats.binomtest(correct, 600, 0.2, alternative="greater").pvalue < 0.01, manifest["metrics"]
+    assert set(manifest["files"]) == {"probe.pt", "probe.json", "metrics.jsonl"}
+    assert load_tensors(tmp_path / "probe" / "probe.pt")["weight"].shape == (5, DEMO.out_channels[-1])
+    # the probe proxy of the search scores with this head: top-1 on val after recalibration, deterministic
+    from pinas.linear_probe import load_probe
+
+    model, _ = load_trained_supernet(random_supernet)
+    cfg = EvaluatorConfig(proxy="linear_probe", batch_size=32, recal_batches=2, device="cpu")
+    evaluator = build_evaluator(cfg, model, demo_imagenet / "train", demo_imagenet / "val",
+                                load_probe(tmp_path / "probe"))
+    result = evaluator(DEMO.default_arch())
+    assert result.score == result.acc and 0 <= result.acc <= 100 and result.loss > 0
+
+
+def test_linear_probe_resumes_exactly(random_supernet, demo_imagenet, tmp_path):
+    cfg = PROBE_CFG.model_copy(update={"epochs": 0.6, "checkpoint_every": 3, "log_every": 2})
+    train = demo_imagenet / "train"
+    train_probe(cfg, random_supernet, train, tmp_path / "whole")
+    assert train_probe(cfg, random_supernet, train, tmp_path / "split", stop_after=5) == {"stopped_at": 5}
+    assert not (tmp_path / "split" / "probe.pt").exists()
+    train_probe(cfg, random_supernet, train, tmp_path / "split")
+    whole, split = load_tensors(tmp_path / "whole" / "probe.pt"), load_tensors(tmp_path / "split" / "probe.pt")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text() .count("\n") == \
+        (tmp_path / "split" / "metrics.jsonl").read_text().count("\n")
+
+
+def test_stage_inputs_are_validated_before_any_work(random_supernet, demo_imagenet, tmp_path):
+    with pytest.raises(ArtifactError, match="supernet_dir .*missing"):
+        run_linear_probe(PROBE_CFG, tmp_path / "missing", demo_imagenet / "train", tmp_path / "out")
+    with pytest.raises(ValueError, match="nowhere"):
+        run_linear_probe(PROBE_CFG, random_supernet, tmp_path / "nowhere", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="extra"):
+        LinearProbeConfig(unknown_key=1)
