@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .datasets import DataConfig
 from .export import ExportConfig
@@ -50,6 +50,14 @@ class PipelineConfig(BaseModel):
     retrain: RetrainConfig = RetrainConfig()
     transfer: TransferConfig = TransferConfig()
     export: ExportConfig = ExportConfig()
+
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _arch_is_text(cls, value: Any) -> Any:
+        if isinstance(value, int):  # YAML reads 0123 as the number 83: the digits are gone before we see them
+            raise ValueError(f"got the number {value}; write the architecture grouped by stage (e.g. 11-11-11-11) "
+                             "or quote it")
+        return value
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineConfig:

@@ -8,6 +8,7 @@ GPUs), and writes the stage manifest.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,7 +78,10 @@ def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_ro
         args += ["--max-iters", str(task.max_iters)]
     if task.cfg_options:
         args += ["--cfg-options", *(f"{k}={json.dumps(v)}" for k, v in task.cfg_options.items())]
-    run_module("pinas.transfer", args, nproc=task.nproc)
+    # one intra-op thread per child unless the user says otherwise (torchrun's own default): the three transfers
+    # run side by side, and oversubscribed threads were 3-10x slower on a 2-core machine
+    run_module("pinas.transfer", args, nproc=task.nproc,
+               env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     result = json.loads((out_dir / METRICS_FILE).read_text())
     # MMEngine names its newest checkpoint in ``last_checkpoint``; it joins the manifest so corruption is caught
     pointer = out_dir / "last_checkpoint"

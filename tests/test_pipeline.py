@@ -85,9 +85,9 @@ E2E = {
     "search": {"population": 4, "generations": 2, "parents": 2, "mutations": 2, "crossovers": 2, "top_k": 3,
                "evaluator": {"batch_size": 16, "recal_batches": 1, "heldout_images": 16}},
     "retrain": {"epochs": 1, "batch_size": 16, "eval_every": 0},
-    "transfer": {"tasks": {"coco": {"config": "demo_mask-rcnn_coco.py", "max_iters": 4},
-                           "ade20k": {"config": "demo_deeplabv3_ade20k.py", "max_iters": 4},
-                           "cityscapes": {"config": "demo_deeplabv3_cityscapes.py", "max_iters": 4}}},
+    "transfer": {"tasks": {"coco": {"config": "demo_mask-rcnn_coco.py", "max_iters": 12},
+                           "ade20k": {"config": "demo_deeplabv3_ade20k.py", "max_iters": 12},
+                           "cityscapes": {"config": "demo_deeplabv3_cityscapes.py", "max_iters": 12}}},
     "export": {"latency_batches": [], "parity_images": 8, "eval_images": 20},
 }
 STAGES = ["supernet", "search", "retrain", "transfer-coco", "transfer-ade20k", "transfer-cityscapes", "export"]
@@ -113,7 +113,7 @@ def test_every_stage_end_to_end_then_from_cache(tmp_path, monkeypatch):
     published = Path(summary["stages"]["export"]["published"])
     assert (published / "model.onnx").is_file() and (published / "model_card.json").is_file()
     card = json.loads((published / "model_card.json").read_text())
-    assert card["arch"] == searched
+    assert card["model"]["arch"] == searched
 
     # the whole flow again: every stage from the cache, nothing recomputed
     t0 = time.perf_counter()
@@ -150,8 +150,10 @@ def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
     assert cli_main(["run", "--config", str(tmp_path / "absent.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
+    assert cli_main(["run", "--set", "arch=012-3", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "arch: architecture '012-3' has 2 stage groups, space 'demo' has 4" in capsys.readouterr().err
     assert cli_main(["run", "--set", "arch=0123", "--run-dir", str(tmp_path / "r")]) == 2
-    assert "arch: architecture '0123' has 4 layers, space 'demo' has 8" in capsys.readouterr().err
+    assert "arch: got the number 83" in capsys.readouterr().err
 
     assert cli_main(["run", "--set", "transfer.tasks.coco.config=nope.py", "--run-dir", str(tmp_path / "r")]) == 2
     assert "transfer.tasks.coco.config" in capsys.readouterr().err
