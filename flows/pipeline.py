@@ -135,7 +135,7 @@ def export_task(stage: str, config: Any, upstream: dict[str, dict], run_root: st
 def retrain_config(config: PipelineConfig, search: dict | None) -> Any:
     """The retrain section with the architecture the pipeline chose (the searched best, or ``config.arch``)."""
     arch = search["metrics"]["best_arch"] if config.arch == SEARCHED else config.arch
-    return config.retrain.model_copy(update={"arch": arch})
+    return type(config.retrain).model_validate({**config.retrain.model_dump(), "arch": arch})  # canonical form
 
 
 @flow(name="pinas-pipeline", log_prints=True)

@@ -129,7 +129,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         else:
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            lines.append(f"  {where}: {err['msg']}{shown}")
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {message}{shown}")
     return "\n".join(lines)
 
 
