@@ -199,6 +199,18 @@ def _metrics_hook():
     return RecordMetrics()
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS: /proc's VmHWM, which starts afresh at exec. getrusage's ru_maxrss is carried
+    over from the parent at fork + exec, so a child of a large pipeline process would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def run_transfer(config: str | Path, work_dir: Path, *, arch: str, space: str, backbone_checkpoint: Path | None,
                  data_root: Path | None, max_iters: int | None = None, cfg_options: dict | None = None,
                  launcher: str = "none") -> dict:
@@ -232,7 +244,7 @@ def run_transfer(config: str | Path, work_dir: Path, *, arch: str, space: str, b
         "metrics": {k: float(v) if isinstance(v, (int, float, np.number)) else v for k, v in metrics.items()},
         "start_iter": record.start_iter, "end_iter": runner.iter,
         "wall_time_s": round(time.perf_counter() - t0, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": peak_rss_mib(),
     }
     if is_main_process():
         atomic_write_json(work_dir / METRICS_FILE, result)
