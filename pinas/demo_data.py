@@ -209,7 +209,7 @@ def _sample_background(rng: np.random.Generator) -> Background:
                       frequency=float(rng.uniform(2, 7)), seed=int(rng.integers(2**31)))
 
 
-def _sample_shape(rng: np.random.Generator, bg: Background, cls: int, radius: tuple[float, float],
+def _sample_shape(rng: np.random.Generator, cls: int, radius: tuple[float, float],
                   centre: tuple[float, float] | None = None) -> Shape:
     r = float(rng.uniform(*radius))
     lo, hi = centre if centre is not None else (r, 1 - r)  # keep detection shapes inside the frame
@@ -225,7 +225,7 @@ def cls_scene(spec: DemoDataSpec, split: str, cls: int, index: int) -> Scene:
     """Classification scene: one large, roughly centred shape of class ``cls`` (survives a 64-of-72 px crop)."""
     rng = _rng(spec, "cls", split, cls, index)
     bg = _sample_background(rng)
-    return Scene(bg, (_sample_shape(rng, bg, cls, radius=(0.2, 0.32), centre=(0.4, 0.6)),))
+    return Scene(bg, (_sample_shape(rng, cls, radius=(0.2, 0.32), centre=(0.4, 0.6)),))
 
 
 def det_scene(spec: DemoDataSpec, split: str, index: int) -> Scene:
@@ -242,7 +242,7 @@ def det_scene(spec: DemoDataSpec, split: str, index: int) -> Scene:
     visible: list[np.ndarray] = []
     for _ in range(int(rng.integers(1, spec.max_objects + 1))):
         for _try in range(10):
-            cand = _sample_shape(rng, bg, int(rng.integers(spec.num_classes)), radius=(0.08, 0.2))
+            cand = _sample_shape(rng, int(rng.integers(spec.num_classes)), radius=(0.08, 0.2))
             mask = shape_mask(cand, size)
             after = [v & ~mask for v in visible]
             keeps = [a.sum() >= max(MIN_INSTANCE_PIXELS, (1 - MAX_OCCLUDED_FRACTION) * f) for a, f in zip(after, full)]
@@ -252,7 +252,7 @@ def det_scene(spec: DemoDataSpec, split: str, index: int) -> Scene:
                 visible = after + [mask]
                 break
     if not shapes:  # only reachable for tiny images; a big centred shape always fits
-        shapes.append(_sample_shape(rng, bg, int(rng.integers(spec.num_classes)), (0.3, 0.3), (0.5, 0.5)))
+        shapes.append(_sample_shape(rng, int(rng.integers(spec.num_classes)), (0.3, 0.3), (0.5, 0.5)))
     return Scene(bg, tuple(shapes))
 
 
