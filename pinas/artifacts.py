@@ -34,6 +34,38 @@ class RunRootError(OSError):
     """A run root that cannot be created or written (permissions, read-only or full disk)."""
 
 
+class ArtifactWriteError(RunRootError):
+    """Writing a file in the run root failed (disk full, quota, file size limit, permissions, read-only disk).
+
+    Raised by :func:`atomic_write` with the file's path and the system's reason. Nothing was replaced, so the
+    previous version of the file (a good checkpoint, say) is still there and a later run resumes from it.
+    """
+
+    def __str__(self) -> str:
+        return self.strerror  # the message, without OSError's "[Errno N]" prefix
+
+
+class _WriteErrorKeeper:
+    """A file proxy that remembers the ``OSError`` of a failed ``write``.
+
+    ``torch.save`` reports a failed write as ``RuntimeError: unexpected pos ...``; the kept error lets
+    :func:`atomic_write` say what actually happened (``No space left on device``) and where.
+    """
+
+    def __init__(self, f: io.BufferedWriter):
+        self._f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def check_writable_dir(folder: str | os.PathLike) -> Path:
     """Create ``folder`` and prove it is writable, with a message that says what to do when it is not."""
     folder = Path(folder).expanduser().resolve()
@@ -70,19 +102,32 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    A failing disk (full, over quota or file size limit, read-only, permissions) raises :class:`ArtifactWriteError`
+    naming ``path``; the temp file is removed and ``path`` keeps its previous content.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, keeper = None, None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts get the usual permissions
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            keeper = _WriteErrorKeeper(f)
+            write(keeper)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = keeper.error if keeper is not None and keeper.error is not None else exc
+        if isinstance(cause, OSError) and not isinstance(cause, ArtifactWriteError):
+            raise ArtifactWriteError(
+                cause.errno, f"could not write {path} ({cause.strerror or cause}); nothing was replaced. Free "
+                f"space or fix permissions under {path.parent}, then run the same command again: finished stages "
+                "come from the cache and the interrupted one resumes from its last checkpoint") from exc
         raise
     _fsync_dir(path.parent)
     return path

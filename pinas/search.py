@@ -382,7 +382,7 @@ def run_search(cfg: SearchConfig, supernet_dir: Path, train_dir: Path, val_dir: 
     state = _load_state(out_dir / STATE, fingerprint)
     if state is not None:
         search.load_state_dict(state)
-        log.info("search: resuming after generation %d (%d candidates)", search.generation + 1,
+        log.info("search: resuming at generation %d (%d candidates already scored)", search.generation + 1,
                  len(search.candidates))
     while search.generation + 1 < cfg.generations:
         if not search.run_generation(progress):

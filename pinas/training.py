@@ -160,6 +160,8 @@ class Checkpointer:
         path = atomic_torch_save(state, self.folder / f"checkpoint-{step:08d}.pt")
         for old in self.paths()[:-self.keep]:
             old.unlink(missing_ok=True)
+        for torn in self.folder.glob(".checkpoint-*.tmp"):  # left by a process killed in the middle of a save
+            torn.unlink(missing_ok=True)
         return path
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:

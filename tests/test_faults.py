@@ -1,0 +1,166 @@
+"""The pipeline under faults, through the real command line and a real Prefect API.
+
+One run root, one config; ``pinas-pipeline run`` is killed with SIGKILL (its whole process group, transfer children
+included) in each training stage in turn, once that stage has a checkpoint, and started again with the same
+command. Each restart must take every finished stage from Prefect's cache and resume the killed stage from its last
+checkpoint. A second test runs the pipeline on a "full disk" (a file size limit) and checks the message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
+
+from pinas.artifacts import verify_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = {
+    "data": {"generated": {"cls_train_per_class": 16, "cls_val_per_class": 4, "det_train_images": 8,
+                           "det_val_images": 4}},
+    # every training stage writes its first checkpoint early and trains on for several seconds after it
+    "supernet": {"epochs": 2, "batch_size": 16, "base_batch": 16, "queue_size": 32, "projector_hidden": 64,
+                 "feature_dim": 16, "checkpoint_every": 2, "log_every": 1},
+    "linear_probe": {"epochs": 2, "batch_size": 16, "checkpoint_every": 2, "log_every": 1, "val_archs": 1,
+                     "val_recal_batches": 1},
+    "search": {"population": 4, "generations": 3, "parents": 2, "mutations": 2, "crossovers": 2, "top_k": 3,
+               "evaluator": {"proxy": "linear_probe", "batch_size": 16, "recal_batches": 1, "heldout_images": 16}},
+    "retrain": {"epochs": 2, "batch_size": 16, "eval_every": 0, "checkpoint_every": 2, "checkpoint_unit": "steps",
+                "log_every": 1},
+    "transfer": {"tasks": {
+        name: {"config": f"demo_{model}.py", "max_iters": 12,
+               "cfg_options": {"default_hooks.checkpoint.interval": 3}}
+        for name, model in [("coco", "mask-rcnn_coco"), ("ade20k", "deeplabv3_ade20k"),
+                            ("cityscapes", "deeplabv3_cityscapes")]}},
+    "export": {"latency_batches": [], "parity_images": 8, "eval_images": 20},
+}
+TRAINING_STAGES = ["supernet", "linear-probe", "search", "retrain", "transfer"]
+
+
+@pytest.fixture(scope="module")
+def api_url():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def start(config_file: Path, run_root: Path, api_url: str, log: Path, **popen) -> subprocess.Popen:
+    """``pinas-pipeline run`` in its own session (so a SIGKILL of the group takes the transfer children too)."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "PINAS_EXPORTS_DIR": str(run_root.parent / "exports")}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config_file),
+                                 "--run-dir", str(run_root)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, **popen)
+
+
+def unfinished(run_root: Path, stage: str) -> list[Path]:
+    return [d for d in (run_root / "stages").glob(f"{stage}-*") if not (d / "manifest.json").exists()]
+
+
+def progress_of(stage_dir: Path) -> int | None:
+    """The step / generation / iteration a restarted stage continues from, from its files alone."""
+    if (stage_dir / "search_state.json").exists():
+        return json.loads((stage_dir / "search_state.json").read_text())["generation"]
+    if (stage_dir / "last_checkpoint").exists():  # MMEngine's pointer to its newest checkpoint
+        return int((stage_dir / "last_checkpoint").read_text().strip().rsplit("iter_", 1)[1].split(".")[0])
+    steps = [int(p.stem.split("-")[1]) for p in (stage_dir / "checkpoints").glob("checkpoint-*.pt")]
+    return max(steps) if steps else None
+
+
+def kill_once_checkpointed(proc: subprocess.Popen, run_root: Path, stage: str) -> dict[str, int]:
+    """SIGKILL the run's process group once an unfinished ``stage`` folder holds a checkpoint."""
+    deadline = time.time() + 600
+    while not any(progress_of(d) is not None for d in unfinished(run_root, stage)):
+        assert proc.poll() is None, f"the run ended before {stage} could be killed"
+        assert time.time() < deadline, f"{stage} never wrote a checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return {d.name: progress_of(d) for d in unfinished(run_root, stage) if progress_of(d) is not None}
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def resumed(stage: str, folder: str, at: int, output: str, run_root: Path) -> bool:
+    """Did the run after the kill continue ``folder`` from ``at`` (its last checkpoint) rather than from scratch?"""
+    if stage == "search":
+        return f"search: resuming at generation {at + 1}" in output
+    if stage == "transfer":  # MMEngine's own resume: the iteration training started from, kept by pinas.transfer
+        return json.loads((run_root / "stages" / folder / "metrics.json").read_text())["start_iter"] == at
+    return f"resuming at step {at}" in output
+
+
+def runs_of(run_root: Path) -> list:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_ASC)
+    return [r for r in runs if r.parameters.get("run_root") == str(run_root)]
+
+
+@pytest.mark.slow
+def test_sigkill_in_every_training_stage_then_the_same_command_resumes(api_url, tmp_path):
+    config_file, run_root = tmp_path / "pipeline.yaml", tmp_path / "runs"
+    config_file.write_text(yaml.safe_dump(CONFIG))
+    logs = [tmp_path / f"run-{i}.log" for i in range(len(TRAINING_STAGES) + 1)]
+    killed = [(stage, kill_once_checkpointed(start(config_file, run_root, api_url, log), run_root, stage))
+              for stage, log in zip(TRAINING_STAGES, logs)]
+    final = start(config_file, run_root, api_url, logs[-1])
+    assert final.wait(timeout=900) == 0, logs[-1].read_text()[-5000:]
+    summary = json.loads((run_root / "last_run.json").read_text())
+    assert len(summary["stages"]) == 8  # supernet, linear-probe, search, retrain, 3 transfers, export
+    for record in summary["stages"].values():
+        verify_manifest(record["dir"])
+
+    runs = runs_of(run_root)
+    assert len(runs) == len(logs) and runs[-1].state.is_completed()
+    for i, flow_run in enumerate(runs[1:], start=1):
+        states = task_states(flow_run.id)
+        # stages finished in earlier runs came from Prefect's cache: nothing was trained again
+        assert all(states[stage] == "Cached" for stage, _ in killed[:i - 1] if stage != "transfer"), (i, states)
+        # the stage killed in the previous run went on from its last checkpoint
+        stage, progress = killed[i - 1]
+        assert progress, f"{stage} had no checkpoint when killed"
+        output = logs[i].read_text()
+        for folder, at in progress.items():
+            assert resumed(stage, folder, at, output, run_root), (stage, folder, at)
+    assert {s: task_states(runs[-1].id)[s] for s in TRAINING_STAGES[:4]} == dict.fromkeys(TRAINING_STAGES[:4],
+                                                                                          "Cached")
+
+
+def _file_size_limit(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+@pytest.mark.slow
+def test_full_disk_is_reported_and_the_same_command_then_finishes(api_url, tmp_path):
+    config_file, run_root = tmp_path / "pipeline.yaml", tmp_path / "runs"
+    config_file.write_text(yaml.safe_dump({"stages": ["supernet"], "data": CONFIG["data"],
+                                           "supernet": CONFIG["supernet"]}))
+    log = tmp_path / "full.log"
+    # files up to 1 MB: the generated images fit, the first supernet checkpoint does not
+    proc = start(config_file, run_root, api_url, log, preexec_fn=_file_size_limit(1 << 20))
+    assert proc.wait(timeout=600) == 2
+    error = [line for line in log.read_text().splitlines() if line.startswith("pinas-pipeline: error:")]
+    assert len(error) == 1 and "could not write" in error[0] and "checkpoint-00000002.pt" in error[0], error
+    assert "File too large" in error[0] and "run the same command again" in error[0]
+    stage = next((run_root / "stages").glob("supernet-*"))
+    assert not list(stage.rglob("*.tmp")) and not list(stage.rglob("*.pt"))  # nothing torn left behind
+
+    proc = start(config_file, run_root, api_url, tmp_path / "after.log")
+    assert proc.wait(timeout=600) == 0, (tmp_path / "after.log").read_text()[-3000:]
+    verify_manifest(stage)
