@@ -21,6 +21,7 @@ import flows  # noqa: F401  (sets Prefect's environment before Prefect is import
 from pinas.artifacts import RunRootError, check_writable_dir
 from pinas.config import ConfigError, load_config, needed_datasets
 from pinas.datasets import DatasetError, check_folders
+from pinas.locking import FolderBusyError
 from pinas.space import ArchError
 
 EXIT_BAD_INPUT = 2
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, ArchError, RunRootError, FileExistsError) as exc:
+    except (ConfigError, DatasetError, ArchError, RunRootError, FolderBusyError, FileExistsError) as exc:
         print(f"pinas-pipeline: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

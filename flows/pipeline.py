@@ -8,17 +8,21 @@ run concurrently when submitted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
 from flows.caching import RESULTS_DIR, StageCachePolicy, stage_dir, stage_key, stage_record, upstream_digests
+from flows.liveness import alive
 from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publish_table
 from pinas import __version__
 from pinas.artifacts import atomic_write_json, check_writable_dir, publish_copy
@@ -26,6 +30,7 @@ from pinas.config import SEARCHED, PipelineConfig, Profile, load_config, needed_
 from pinas.datasets import resolve_datasets
 from pinas.export import run_export
 from pinas.linear_probe import run_linear_probe
+from pinas.locking import hold
 from pinas.paper import compare_rows
 from pinas.retrain import run_retrain
 from pinas.search import run_search
@@ -37,10 +42,15 @@ EXPORTS_DIR = Path(os.environ.get("PINAS_EXPORTS_DIR", "exports"))
 STAGE_TASK = {"cache_policy": StageCachePolicy(), "persist_result": True, "result_serializer": "json"}
 
 
-def locate(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> tuple[str, Path]:
-    """(cache key, stage folder) of a stage: the same computation the cache policy makes."""
+@contextlib.contextmanager
+def claim(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> Iterator[tuple[str, Path]]:
+    """(cache key, stage folder) of a stage, the folder locked for this process (another run gets a clear error).
+
+    The key is the same computation the cache policy makes.
+    """
     key = stage_key(stage, config, upstream_digests(upstream))
-    return key, stage_dir(run_root, stage, key)
+    with hold(stage_dir(run_root, stage, key)) as folder:
+        yield key, folder
 
 
 def _path(record: dict, *parts: str) -> Path:
@@ -62,74 +72,74 @@ def data_task(config: Any, run_root: str, needed: tuple[str, ...]) -> dict[str, 
 @task(name="supernet", **STAGE_TASK)
 def supernet_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
     """Stage 1: unsupervised supernet-Pi training."""
-    key, folder = locate(stage, config, upstream, run_root)
-    run_supernet(config, _path(upstream["imagenet"], "train"), folder, progress_reporter(stage))
-    return _finish(stage, "Supernet-Pi training", folder, key)
+    with claim(stage, config, upstream, run_root) as (key, folder):
+        run_supernet(config, _path(upstream["imagenet"], "train"), folder, progress_reporter(stage))
+        return _finish(stage, "Supernet-Pi training", folder, key)
 
 
 @task(name="linear-probe", **STAGE_TASK)
 def probe_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
     """The shared linear classifier on the frozen supernet (needed by the linear-probe proxy)."""
-    key, folder = locate(stage, config, upstream, run_root)
-    imagenet = upstream["imagenet"]
-    run_linear_probe(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), folder,
-                     _path(imagenet, "val"), progress_reporter(stage))
-    return _finish(stage, "Linear probe", folder, key)
+    with claim(stage, config, upstream, run_root) as (key, folder):
+        imagenet = upstream["imagenet"]
+        run_linear_probe(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), folder,
+                         _path(imagenet, "val"), progress_reporter(stage))
+        return _finish(stage, "Linear probe", folder, key)
 
 
 @task(name="search", **STAGE_TASK)
 def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
     """Stage 2: evolutionary search on the trained supernet."""
-    key, folder = locate(stage, config, upstream, run_root)
-    imagenet = upstream["imagenet"]
-    probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
-    run_search(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), _path(imagenet, "val"), folder,
-               probe, progress_reporter(stage))
-    record = _finish(stage, "Evolutionary search", folder, key)
-    result = json.loads((folder / "result.json").read_text())
-    publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
-                                   for c in result["top_k"]], "search: top-k candidates (params, MACs, proxy)")
-    publish_markdown("search-plots", f"## Search plots\n\n- fitness per generation: `{folder / 'fitness.png'}`\n"
-                     f"- Pareto front: `{folder / 'pareto.png'}`\n", "search plots (files)")
-    return record
+    with claim(stage, config, upstream, run_root) as (key, folder):
+        imagenet = upstream["imagenet"]
+        probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
+        run_search(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), _path(imagenet, "val"), folder,
+                   probe, progress_reporter(stage))
+        record = _finish(stage, "Evolutionary search", folder, key)
+        result = json.loads((folder / "result.json").read_text())
+        publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
+                                       for c in result["top_k"]], "search: top-k candidates (params, MACs, proxy)")
+        publish_markdown("search-plots", f"## Search plots\n\n- fitness per generation: `{folder / 'fitness.png'}`\n"
+                         f"- Pareto front: `{folder / 'pareto.png'}`\n", "search plots (files)")
+        return record
 
 
 @task(name="retrain", **STAGE_TASK)
 def retrain_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
     """Stage 3: the chosen architecture trained from scratch on ImageNet-format data."""
-    key, folder = locate(stage, config, upstream, run_root)
-    run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress_reporter(stage))
-    record = _finish(stage, "Retraining", folder, key)
-    publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"]), "retrain vs the paper")
-    return record
+    with claim(stage, config, upstream, run_root) as (key, folder):
+        run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress_reporter(stage))
+        record = _finish(stage, "Retraining", folder, key)
+        publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"]), "retrain vs the paper")
+        return record
 
 
 @task(name="transfer", **STAGE_TASK)
 def transfer_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
     """Stage 4: one OpenMMLab downstream task on the retrained backbone."""
-    key, folder = locate(stage, config, upstream, run_root)
-    name = stage.split("-", 1)[1]
-    run_transfer_stage(name, config, Path(upstream["retrain"]["dir"]), Path(upstream[name]["path"]), folder)
-    record = _finish(stage, f"Transfer: {name}", folder, key)
-    publish_table(f"{stage}-vs-paper", compare_rows(name, record["metrics"]), f"{name} vs the paper")
-    return record
+    with claim(stage, config, upstream, run_root) as (key, folder):
+        name = stage.split("-", 1)[1]
+        run_transfer_stage(name, config, Path(upstream["retrain"]["dir"]), Path(upstream[name]["path"]), folder)
+        record = _finish(stage, f"Transfer: {name}", folder, key)
+        publish_table(f"{stage}-vs-paper", compare_rows(name, record["metrics"]), f"{name} vs the paper")
+        return record
 
 
 @task(name="export", **STAGE_TASK)
 def export_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
     """Stage 5: ONNX export, onnxruntime parity and latency, model card."""
-    key, folder = locate(stage, config, upstream, run_root)
-    transfers = {name.split("-", 1)[1]: rec["metrics"] for name, rec in upstream.items()
-                 if name.startswith("transfer-")}
-    manifest = run_export(config, Path(upstream["retrain"]["dir"]), Path(upstream["imagenet"]["path"]), folder,
-                          transfers)
-    record = _finish(stage, "ONNX export", folder, key)
-    # the deployable files, also where people look for them: exports/<run root>-<key>/
-    published = publish_copy(folder, [*manifest["files"], "manifest.json"],
-                             EXPORTS_DIR / f"{Path(run_root).name}-{key[:8]}")
-    record["published"] = str(published)
-    publish_markdown("model-card", (folder / "model_card.md").read_text(), "model card")
-    return record
+    with claim(stage, config, upstream, run_root) as (key, folder):
+        transfers = {name.split("-", 1)[1]: rec["metrics"] for name, rec in upstream.items()
+                     if name.startswith("transfer-")}
+        manifest = run_export(config, Path(upstream["retrain"]["dir"]), Path(upstream["imagenet"]["path"]), folder,
+                              transfers)
+        record = _finish(stage, "ONNX export", folder, key)
+        # the deployable files, also where people look for them: exports/<run root>-<key>/
+        published = publish_copy(folder, [*manifest["files"], "manifest.json"],
+                                 EXPORTS_DIR / f"{Path(run_root).name}-{key[:8]}")
+        record["published"] = str(published)
+        publish_markdown("model-card", (folder / "model_card.md").read_text(), "model card")
+        return record
 
 
 def retrain_config(config: PipelineConfig, search: dict | None) -> Any:
@@ -150,6 +160,19 @@ def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None =
     started = time.perf_counter()
     config = config or load_config(config_file, profile, overrides)
     root = str(check_writable_dir(Path(run_root)))
+    with alive(Path(root), pinas_pipeline.name, FlowRunContext.get().flow_run.id):
+        stages, seconds, datasets = run_stages(config, root)
+    summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root,
+               "datasets": {k: v["path"] for k, v in datasets.items()}, "stages": stages, "seconds": seconds,
+               "total_seconds": round(time.perf_counter() - started, 2)}
+    atomic_write_json(Path(root) / "last_run.json", summary)
+    publish_table("pipeline-stages", [{"stage": name, "seconds": seconds.get(name), "folder": rec["dir"]}
+                                      for name, rec in stages.items()], "stages of this run")
+    return summary
+
+
+def run_stages(config: PipelineConfig, root: str) -> tuple[dict[str, dict], dict[str, float], dict[str, dict]]:
+    """The stages of ``config.stages`` in order, each a cached task: (records, seconds per stage, datasets)."""
     storage = Path(root) / RESULTS_DIR  # a Path: Prefect stores each record as <path>/<cache key>
     datasets = data_task(config.data, root, needed_datasets(config))
     stages: dict[str, dict] = {}
@@ -182,11 +205,4 @@ def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None =
     if "export" in config.stages:
         transfers = {k: v for k, v in stages.items() if k.startswith("transfer-")}
         run("export", export_task, config.export, {**imagenet, "retrain": stages["retrain"], **transfers})
-
-    summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root,
-               "datasets": {k: v["path"] for k, v in datasets.items()}, "stages": stages, "seconds": seconds,
-               "total_seconds": round(time.perf_counter() - started, 2)}
-    atomic_write_json(Path(root) / "last_run.json", summary)
-    publish_table("pipeline-stages", [{"stage": name, "seconds": seconds.get(name), "folder": rec["dir"]}
-                                      for name, rec in stages.items()], "stages of this run")
-    return summary
+    return stages, seconds, datasets

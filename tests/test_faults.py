@@ -25,6 +25,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
 from pinas.artifacts import verify_manifest
+from pinas.locking import hold
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -117,8 +118,14 @@ def test_sigkill_in_every_training_stage_then_the_same_command_resumes(api_url, 
     config_file, run_root = tmp_path / "pipeline.yaml", tmp_path / "runs"
     config_file.write_text(yaml.safe_dump(CONFIG))
     logs = [tmp_path / f"run-{i}.log" for i in range(len(TRAINING_STAGES) + 1)]
-    killed = [(stage, kill_once_checkpointed(start(config_file, run_root, api_url, log), run_root, stage))
-              for stage, log in zip(TRAINING_STAGES, logs)]
+    killed = []
+    for stage, log in zip(TRAINING_STAGES, logs):
+        killed.append((stage, kill_once_checkpointed(start(config_file, run_root, api_url, log), run_root, stage)))
+        if stage == "supernet":  # while another process works in a stage folder, a second run must keep out
+            with hold(run_root / "stages" / next(iter(killed[0][1]))):
+                busy = start(config_file, run_root, api_url, tmp_path / "busy.log")
+                assert busy.wait(timeout=600) == 2
+            assert f"is in use by pid {os.getpid()} on" in (tmp_path / "busy.log").read_text()
     final = start(config_file, run_root, api_url, logs[-1])
     assert final.wait(timeout=900) == 0, logs[-1].read_text()[-5000:]
     summary = json.loads((run_root / "last_run.json").read_text())
@@ -126,8 +133,11 @@ def test_sigkill_in_every_training_stage_then_the_same_command_resumes(api_url, 
     for record in summary["stages"].values():
         verify_manifest(record["dir"])
 
-    runs = runs_of(run_root)
+    runs = [r for r in runs_of(run_root) if not r.state.is_failed()]  # all but the one kept out
     assert len(runs) == len(logs) and runs[-1].state.is_completed()
+    # each killed run was marked Crashed in the UI by the run after it (its process could not say so itself)
+    assert [r.state.type.value for r in runs[:-1]] == ["CRASHED"] * len(killed)
+    assert "its process died" in runs[0].state.message
     for i, flow_run in enumerate(runs[1:], start=1):
         states = task_states(flow_run.id)
         # stages finished in earlier runs came from Prefect's cache: nothing was trained again
