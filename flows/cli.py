@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one setting, e.g. --set supernet.epochs=2 (repeatable)")
     run.set_defaults(func=cmd_run)
-    status = sub.add_parser("status", help="which stages of a run root are done, cached, partial or missing")
+    status = sub.add_parser("status", help="which stages of a run root are done, cached, running, partial or missing")
     status.add_argument("--run-dir", type=Path, default=Path("runs"))
     status.add_argument("--config", type=Path)
     status.add_argument("--profile", choices=["demo", "paper"])

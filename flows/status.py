@@ -4,7 +4,9 @@ Every stage folder ``stages/<stage>-<key>`` is one of:
   * **cached**: complete (its manifest verifies) and Prefect holds its record, so the next run skips it;
   * **done**: complete, but without a Prefect record (the next run re-reads it without recomputing);
   * **corrupted**: a manifest whose files are missing or changed (the next run rebuilds it);
-  * **partial**: started, not finished; shown with its last checkpoint (the next run resumes from it).
+  * **running**: not finished, and a live process is training there now (it holds the folder's lock);
+  * **partial**: started, not finished, nobody working on it; shown with its last checkpoint (the next run resumes
+    from it).
 Stages the config asks for that have no folder at all are **missing**.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from flows.caching import RESULTS_DIR, STAGES_DIR
 from pinas.artifacts import MANIFEST, ArtifactError, verify_manifest
+from pinas.locking import is_held
 
 _STAGE_DIR = re.compile(r"^(?P<stage>[a-z0-9-]+)-(?P<key>[0-9a-f]{16})$")
 
@@ -54,7 +57,9 @@ def stage_folders(run_root: Path) -> list[dict]:
             except ArtifactError as exc:
                 row.update(state="corrupted", detail=str(exc))
         else:
-            row.update(state="partial", detail=f"last checkpoint: {last_checkpoint(folder) or 'none yet'}")
+            # a live process holds the folder's lock while it trains there; a free lock means it was interrupted
+            row.update(state="running" if is_held(folder) else "partial",
+                       detail=f"last checkpoint: {last_checkpoint(folder) or 'none yet'}")
         rows.append(row)
     return rows
 

@@ -1,9 +1,10 @@
-"""`pinas-pipeline status` reads a run root's files: done, cached, corrupted, partial (with checkpoint), missing."""
+"""`pinas-pipeline status` reads a run root's files: done, cached, corrupted, running, partial, missing."""
 import torch
 
 from flows.cli import main as cli_main
 from flows.status import run_status
 from pinas.artifacts import atomic_torch_save, write_manifest
+from pinas.locking import hold
 
 
 def _stage(root, name, key):
@@ -32,12 +33,15 @@ def test_states_of_stage_folders(tmp_path, capsys):
     (partial / "iter_20.pth").write_bytes(b"x")
     (partial / "last_checkpoint").write_text(str(partial / "iter_20.pth"))
 
-    rows = {r["stage"]: r for r in run_status(tmp_path, ["supernet", "search", "retrain", "transfer-coco",
-                                                         "export"])}
+    running = _stage(tmp_path, "transfer-ade20k", "e" * 16)
+    with hold(running):  # what a live run holds while it trains in the folder
+        rows = {r["stage"]: r for r in run_status(tmp_path, ["supernet", "search", "retrain", "transfer-coco",
+                                                             "transfer-ade20k", "export"])}
     assert rows["supernet"]["state"] == "cached"
     assert rows["search"]["state"] == "done"
     assert rows["retrain"]["state"] == "corrupted" and "model.pt" in rows["retrain"]["detail"]
     assert rows["transfer-coco"]["state"] == "partial" and "iter_20.pth" in rows["transfer-coco"]["detail"]
+    assert rows["transfer-ade20k"]["state"] == "running"
     assert rows["export"]["state"] == "missing"
 
     assert cli_main(["status", "--run-dir", str(tmp_path)]) == 0
