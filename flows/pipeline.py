@@ -23,7 +23,7 @@ from prefect.context import FlowRunContext
 
 from flows.caching import RESULTS_DIR, StageCachePolicy, stage_dir, stage_key, stage_record, upstream_digests
 from flows.liveness import alive
-from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publish_table
+from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publish_table, route_library_logs
 from pinas import __version__
 from pinas.artifacts import atomic_write_json, check_writable_dir, publish_copy
 from pinas.config import SEARCHED, PipelineConfig, Profile, load_config, needed_datasets
@@ -158,9 +158,10 @@ def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None =
     ``{"data": {"imagenet": "/data/imagenet"}}``) or a ``config_file`` on the worker; the CLI passes ``config``.
     """
     started = time.perf_counter()
+    route_library_logs()
     config = config or load_config(config_file, profile, overrides)
     root = str(check_writable_dir(Path(run_root)))
-    with alive(Path(root), pinas_pipeline.name, FlowRunContext.get().flow_run.id):
+    with alive(Path(root), FlowRunContext.get().flow_run.id):
         stages, seconds, datasets = run_stages(config, root)
     summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root,
                "datasets": {k: v["path"] for k, v in datasets.items()}, "stages": stages, "seconds": seconds,

@@ -23,6 +23,22 @@ from prefect.context import FlowRunContext, TaskRunContext
 log = logging.getLogger("pinas")
 
 
+def route_library_logs(name: str = "pinas") -> None:
+    """Send the library's log lines (progress, "resuming at step N", warnings) to the run's logs in the UI.
+
+    ``PREFECT_LOGGING_EXTRA_LOGGERS`` (set in :mod:`flows`) works only when it is set before Prefect configures
+    logging, and a flow run started by a worker or a served deployment configures it before this package is
+    imported. Copying the handlers of Prefect's ``prefect.extra`` logger, which is what that setting does, covers
+    every way a run can start; the level is raised to INFO only when nobody has set one.
+    """
+    lib = logging.getLogger(name)
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in lib.handlers:
+            lib.addHandler(handler)
+    if lib.level == logging.NOTSET:
+        lib.setLevel(logging.INFO)
+
+
 def artifact_key(text: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")

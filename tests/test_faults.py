@@ -138,6 +138,7 @@ def test_sigkill_in_every_training_stage_then_the_same_command_resumes(api_url, 
     # each killed run was marked Crashed in the UI by the run after it (its process could not say so itself)
     assert [r.state.type.value for r in runs[:-1]] == ["CRASHED"] * len(killed)
     assert "its process died" in runs[0].state.message
+    assert not list((run_root / "flow-runs").glob(".*.lock"))  # no lock outlives its run
     for i, flow_run in enumerate(runs[1:], start=1):
         states = task_states(flow_run.id)
         # stages finished in earlier runs came from Prefect's cache: nothing was trained again

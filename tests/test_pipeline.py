@@ -1,5 +1,6 @@
 """The Prefect pipeline against a real (temporary) Prefect API: caching, invalidation, rebuild, bad input."""
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -163,3 +164,33 @@ def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
     assert cli_main(["run", "--run-dir", str(not_a_dir / "runs")]) == 2
     assert "is not writable" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))
+
+
+def test_library_logs_reach_the_run_logs_however_the_run_started():
+    """A worker process configures Prefect's logging before pinas is imported; the lines must still reach the UI."""
+    from prefect import flow
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.ui import route_library_logs
+
+    lib = logging.getLogger("pinas")
+    saved = lib.handlers[:], lib.level
+    lib.handlers.clear()  # as in a worker-started run: PREFECT_LOGGING_EXTRA_LOGGERS came too late
+    lib.setLevel(logging.NOTSET)
+
+    @flow
+    def logs_a_line():
+        route_library_logs()
+        lib.info("resuming at step 42")
+
+    try:
+        state = logs_a_line(return_state=True)
+        APILogHandler().flush()
+    finally:
+        lib.handlers[:], _ = saved
+        lib.setLevel(saved[1])
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert [entry.name for entry in logs if entry.message == "resuming at step 42"] == ["pinas"]
