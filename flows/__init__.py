@@ -1,7 +1,6 @@
 """Prefect flows of pinas: the pipeline, its stage tasks, caching, UI artifacts and the command line."""
 import os
 
-# Must be set before Prefect is imported: route the library's "pinas" log lines into the Prefect run logs, and
-# keep an offline machine from trying to send analytics.
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pinas")
+# Must be set before Prefect is imported: keep an offline machine from trying to send analytics. (The library's
+# "pinas" log lines are routed into the run logs by flows.ui.route_library_logs when a run starts.)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -18,18 +18,20 @@ from pathlib import Path
 from flows.caching import RESULTS_DIR, STAGES_DIR
 from pinas.artifacts import MANIFEST, ArtifactError, verify_manifest
 from pinas.locking import is_held
+from pinas.training import Checkpointer
+from pinas.transfer import last_mmengine_checkpoint
 
 _STAGE_DIR = re.compile(r"^(?P<stage>[a-z0-9-]+)-(?P<key>[0-9a-f]{16})$")
 
 
 def last_checkpoint(folder: Path) -> str | None:
     """The newest resumable state in a stage folder, in whichever form the stage keeps it."""
-    ckpts = sorted(folder.glob("checkpoints/checkpoint-*.pt"))
+    ckpts = Checkpointer(folder / "checkpoints").paths()
     if ckpts:
         return ckpts[-1].name
-    pointer = folder / "last_checkpoint"  # MMEngine (transfer stages)
-    if pointer.is_file():
-        return Path(pointer.read_text().strip()).name
+    mmengine = last_mmengine_checkpoint(folder)  # transfer stages
+    if mmengine is not None:
+        return mmengine.name
     state = folder / "search_state.json"
     if state.is_file():
         try:

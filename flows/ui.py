@@ -26,10 +26,10 @@ log = logging.getLogger("pinas")
 def route_library_logs(name: str = "pinas") -> None:
     """Send the library's log lines (progress, "resuming at step N", warnings) to the run's logs in the UI.
 
-    ``PREFECT_LOGGING_EXTRA_LOGGERS`` (set in :mod:`flows`) works only when it is set before Prefect configures
-    logging, and a flow run started by a worker or a served deployment configures it before this package is
-    imported. Copying the handlers of Prefect's ``prefect.extra`` logger, which is what that setting does, covers
-    every way a run can start; the level is raised to INFO only when nobody has set one.
+    Prefect's own setting for this, ``PREFECT_LOGGING_EXTRA_LOGGERS``, works only when it is set before Prefect
+    configures logging, and a flow run started by a worker or a served deployment configures it before pinas is
+    imported. Copying the handlers of Prefect's ``prefect.extra`` logger at the start of the run, which is what that
+    setting does, covers every way a run can start; the level is raised to INFO only when nobody has set one.
     """
     lib = logging.getLogger(name)
     for handler in logging.getLogger("prefect.extra").handlers:

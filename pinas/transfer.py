@@ -168,10 +168,16 @@ def prepare_config(config: str | Path, work_dir: Path, *, arch: str, space: str,
     return cfg
 
 
+def last_mmengine_checkpoint(work_dir: Path) -> Path | None:
+    """The checkpoint MMEngine resumes from: the one its ``last_checkpoint`` file names, if any."""
+    pointer = Path(work_dir) / "last_checkpoint"
+    return Path(work_dir) / Path(pointer.read_text().strip()).name if pointer.is_file() else None
+
+
 def _check_resumable(work_dir: Path, identity: dict) -> None:
     """Refuse to resume a work_dir that holds another model's checkpoints (MMEngine would load them non-strictly)."""
     path = Path(work_dir) / RUN_FILE
-    if (Path(work_dir) / "last_checkpoint").exists() and path.exists():
+    if last_mmengine_checkpoint(work_dir) is not None and path.exists():
         previous = json.loads(path.read_text())
         if previous != identity:
             raise ValueError(f"work_dir {work_dir} holds a run of {previous}, not {identity}: use another work_dir")

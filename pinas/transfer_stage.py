@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .artifacts import read_manifest, write_manifest
 from .launch import run_module
-from .transfer import METRICS_FILE
+from .transfer import METRICS_FILE, last_mmengine_checkpoint
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "transfer_configs"
 TransferName = Literal["coco", "ade20k", "cityscapes"]
@@ -83,10 +83,9 @@ def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_ro
     run_module("pinas.transfer", args, nproc=task.nproc,
                env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     result = json.loads((out_dir / METRICS_FILE).read_text())
-    # MMEngine names its newest checkpoint in ``last_checkpoint``; it joins the manifest so corruption is caught
-    pointer = out_dir / "last_checkpoint"
-    last = Path(pointer.read_text().strip()).name if pointer.is_file() else None
-    files = [METRICS_FILE] + ([last] if last and (out_dir / last).is_file() else [])
+    # MMEngine's newest checkpoint joins the manifest so corruption is caught
+    last = last_mmengine_checkpoint(out_dir)
+    files = [METRICS_FILE] + ([last.name] if last is not None and last.is_file() else [])
     metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
     metrics.update(wall_time_s=result["wall_time_s"], peak_rss_mib=result["peak_rss_mib"])
     return write_manifest(out_dir, f"transfer-{name}", files, task.model_dump(), metrics,

@@ -26,6 +26,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from pinas.artifacts import verify_manifest
 from pinas.locking import hold
+from pinas.training import Checkpointer
+from pinas.transfer import last_mmengine_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -74,10 +76,10 @@ def progress_of(stage_dir: Path) -> int | None:
     """The step / generation / iteration a restarted stage continues from, from its files alone."""
     if (stage_dir / "search_state.json").exists():
         return json.loads((stage_dir / "search_state.json").read_text())["generation"]
-    if (stage_dir / "last_checkpoint").exists():  # MMEngine's pointer to its newest checkpoint
-        return int((stage_dir / "last_checkpoint").read_text().strip().rsplit("iter_", 1)[1].split(".")[0])
-    steps = [int(p.stem.split("-")[1]) for p in (stage_dir / "checkpoints").glob("checkpoint-*.pt")]
-    return max(steps) if steps else None
+    mmengine = last_mmengine_checkpoint(stage_dir)  # iter_<N>.pth
+    if mmengine is not None:
+        return int(mmengine.stem.split("_")[1])
+    return Checkpointer(stage_dir / "checkpoints").latest_step()
 
 
 def kill_once_checkpointed(proc: subprocess.Popen, run_root: Path, stage: str) -> dict[str, int]:

@@ -176,7 +176,7 @@ def test_library_logs_reach_the_run_logs_however_the_run_started():
 
     lib = logging.getLogger("pinas")
     saved = lib.handlers[:], lib.level
-    lib.handlers.clear()  # as in a worker-started run: PREFECT_LOGGING_EXTRA_LOGGERS came too late
+    lib.handlers.clear()  # as in a run started by a worker: nothing attached to the library's logger yet
     lib.setLevel(logging.NOTSET)
 
     @flow
