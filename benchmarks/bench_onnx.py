@@ -1,8 +1,8 @@
 """onnxruntime vs torch eager CPU latency of a pinas classifier, as a ratio measured in the same run.
 
 Goal: onnxruntime / torch-eager median latency <= 0.7 at batch 1. Each (backend, batch) is timed in its own
-process with a fixed thread count (see pinas.latency), and backends alternate over ``--rounds`` so background load
-hits both. Latency does not depend on the weights, so the network is freshly initialised.
+process with a fixed thread count (see pinas.deploy.latency), and backends alternate over ``--rounds`` so
+background load hits both. Latency does not depend on the weights, so the network is freshly initialised.
 
     python benchmarks/bench_onnx.py                          # demo space, 64 px
     python benchmarks/bench_onnx.py --space demo resnest50   # + the paper space at 224 px (slow on 2 cores)
@@ -22,9 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pinas.export import export_onnx, quantize_int8  # noqa: E402
-from pinas.latency import compare  # noqa: E402
+
+from pinas.deploy.latency import compare  # noqa: E402
+from pinas.models.backbone import Classifier, build_subnet  # noqa: E402
 from pinas.space import get_space  # noqa: E402
-from pinas.supernet import Classifier, build_subnet  # noqa: E402
 
 DEFAULT_ARCH = {"demo": "10-23-31-02", "resnest50": "pinas-cls"}
 NUM_CLASSES = {"demo": 5, "resnest50": 1000}

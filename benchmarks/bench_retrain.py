@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pinas.retrain import DEMO_OVERRIDES, RetrainAugment, RetrainConfig, param_groups  # noqa: E402
+from pinas.models.backbone import Classifier, build_subnet  # noqa: E402
 from pinas.space import get_space  # noqa: E402
-from pinas.supernet import Classifier, build_subnet  # noqa: E402
+from pinas.stages.retrain import DEMO_OVERRIDES, RetrainAugment, RetrainConfig, param_groups  # noqa: E402
 
 GOALS = {"paper_augment": 0.5, "demo_augment": 0.25}
 

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pinas.evaluator import EvaluatorConfig, Timings, build_evaluator, load_trained_supernet
 from torch import nn
 
-from pinas.demo_data import DemoDataSpec, generate_imagenet
-from pinas.evaluator import EvaluatorConfig, Timings, build_evaluator, load_trained_supernet
+from pinas.data.demo import DemoDataSpec, generate_imagenet
+from pinas.models.backbone import extract_subnet
 from pinas.search import SearchConfig, run_search
-from pinas.supernet import extract_subnet
-from pinas.supernet_training import SupernetConfig, run_supernet
+from pinas.stages.supernet import SupernetConfig, run_supernet
 
 log = logging.getLogger("bench")
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from pinas.data import MocoV2Views
-from pinas.pi_model import SupernetPi, TwoPathStudent, info_nce
+from pinas.models.backbone import PiNASBackbone
+from pinas.models.supernet_pi import SupernetPi, TwoPathStudent, info_nce
 from pinas.space import get_space
-from pinas.supernet import PiNASBackbone
-from pinas.supernet_training import four_views, pi_step
+from pinas.stages.supernet import four_views, pi_step
 
 
 def build(space, args, device):

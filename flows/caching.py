@@ -23,7 +23,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from pinas import __version__
-from pinas.artifacts import ArtifactError, read_manifest, sha256_file, verify_manifest
+from pinas.io.artifacts import ArtifactError, read_manifest, sha256_file, verify_manifest
 
 log = logging.getLogger("pinas")
 RESULTS_DIR = "results"

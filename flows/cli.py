@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 
 import flows  # noqa: F401  (sets Prefect's environment before Prefect is imported)
-from pinas.artifacts import RunRootError, check_writable_dir
 from pinas.config import ConfigError, load_config, needed_datasets
-from pinas.datasets import DatasetError, check_folders
-from pinas.locking import FolderBusyError
+from pinas.data.sources import DatasetError, check_folders
+from pinas.io.artifacts import RunRootError, check_writable_dir
+from pinas.io.locking import FolderBusyError
 from pinas.space import ArchError
 
 EXIT_BAD_INPUT = 2
@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--profile", choices=["demo", "paper"])
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
-    rank = sub.add_parser("rank", help="Kendall tau / Spearman rho between two score files (pinas.ranking)",
+    rank = sub.add_parser("rank", help="Kendall tau / Spearman rho between two score files",
                           add_help=False)
-    rank.add_argument("args", nargs=argparse.REMAINDER, help="see python -m pinas.ranking --help")
+    rank.add_argument("args", nargs=argparse.REMAINDER, help="see pinas-pipeline rank --help")
     serve = sub.add_parser("serve", help="serve the pipeline as a long-running deployment (needs a Prefect server)")
     serve.add_argument("--name", default="served", help="deployment name (pinas-pipeline/<name>)")
     serve.add_argument("--config", type=Path)
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["rank"]:  # its own parser, flags and all
-        from pinas.ranking import main as rank_main
+        from pinas.search.ranking import main as rank_main
 
         return rank_main(argv[1:]) or 0
     parser = build_parser()

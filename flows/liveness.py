@@ -2,7 +2,7 @@
 
 A pipeline process killed with SIGKILL (or lost with its machine) cannot tell the Prefect API that it stopped, so
 its flow run would stay ``Running`` in the UI. Each pipeline run holds a lock on
-``<run root>/flow-runs/.<flow run id>.lock`` (:mod:`pinas.locking`; the kernel frees it when the process dies).
+``<run root>/flow-runs/.<flow run id>.lock`` (:mod:`pinas.io.locking`; the kernel frees it when the process dies).
 The next run on that run root looks at the lock files there: a free lock means a dead process, and when the API
 still shows that run ``Running``, it is set to ``Crashed`` with a message naming the run that took over its work.
 """
@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
-from pinas.locking import hold, is_held, lock_file
+from pinas.io.locking import hold, is_held, lock_file
 
 log = logging.getLogger("pinas")
 FLOW_RUNS_DIR = "flow-runs"

@@ -9,7 +9,6 @@ run concurrently when submitted.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -25,17 +24,18 @@ from flows.caching import RESULTS_DIR, StageCachePolicy, stage_dir, stage_key, s
 from flows.liveness import alive
 from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publish_table, route_library_logs
 from pinas import __version__
-from pinas.artifacts import atomic_write_json, check_writable_dir, publish_copy
 from pinas.config import SEARCHED, PipelineConfig, Profile, load_config, needed_datasets
-from pinas.datasets import resolve_datasets
-from pinas.export import run_export
-from pinas.linear_probe import run_linear_probe
-from pinas.locking import hold
+from pinas.data.sources import resolve_datasets
+from pinas.io.artifacts import atomic_write_json, check_writable_dir, publish_copy
+from pinas.io.locking import hold
+from pinas.io.stage_dirs import ExportDir, SearchDir
 from pinas.paper import compare_rows
-from pinas.retrain import run_retrain
-from pinas.search import run_search
-from pinas.supernet_training import run_supernet
-from pinas.transfer_stage import run_transfer_stage
+from pinas.stages.export import run_export
+from pinas.stages.linear_probe import run_linear_probe
+from pinas.stages.retrain import run_retrain
+from pinas.stages.search import run_search
+from pinas.stages.supernet import run_supernet
+from pinas.stages.transfer import run_transfer_stage
 
 log = logging.getLogger("pinas")
 EXPORTS_DIR = Path(os.environ.get("PINAS_EXPORTS_DIR", "exports"))
@@ -96,11 +96,12 @@ def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: st
         run_search(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), _path(imagenet, "val"), folder,
                    probe, progress_reporter(stage))
         record = _finish(stage, "Evolutionary search", folder, key)
-        result = json.loads((folder / "result.json").read_text())
+        result = SearchDir(folder).result()
         publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
                                        for c in result["top_k"]], "search: top-k candidates (params, MACs, proxy)")
-        publish_markdown("search-plots", f"## Search plots\n\n- fitness per generation: `{folder / 'fitness.png'}`\n"
-                         f"- Pareto front: `{folder / 'pareto.png'}`\n", "search plots (files)")
+        plots = SearchDir(folder)
+        publish_markdown("search-plots", f"## Search plots\n\n- fitness per generation: `{plots / plots.FITNESS_PLOT}`"
+                         f"\n- Pareto front: `{plots / plots.PARETO_PLOT}`\n", "search plots (files)")
         return record
 
 
@@ -138,7 +139,7 @@ def export_task(stage: str, config: Any, upstream: dict[str, dict], run_root: st
         published = publish_copy(folder, [*manifest["files"], "manifest.json"],
                                  EXPORTS_DIR / f"{Path(run_root).name}-{key[:8]}")
         record["published"] = str(published)
-        publish_markdown("model-card", (folder / "model_card.md").read_text(), "model card")
+        publish_markdown("model-card", ExportDir(folder).card_markdown(), "model card")
         return record
 
 

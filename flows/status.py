@@ -11,15 +11,14 @@ Stages the config asks for that have no folder at all are **missing**.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from flows.caching import RESULTS_DIR, STAGES_DIR
-from pinas.artifacts import MANIFEST, ArtifactError, verify_manifest
-from pinas.locking import is_held
-from pinas.training import Checkpointer
-from pinas.transfer import last_mmengine_checkpoint
+from pinas.engine.checkpoint import Checkpointer
+from pinas.io.artifacts import MANIFEST, ArtifactError, verify_manifest
+from pinas.io.locking import is_held
+from pinas.io.stage_dirs import SearchDir, TransferDir
 
 _STAGE_DIR = re.compile(r"^(?P<stage>[a-z0-9-]+)-(?P<key>[0-9a-f]{16})$")
 
@@ -29,16 +28,14 @@ def last_checkpoint(folder: Path) -> str | None:
     ckpts = Checkpointer(folder / "checkpoints").paths()
     if ckpts:
         return ckpts[-1].name
-    mmengine = last_mmengine_checkpoint(folder)  # transfer stages
+    mmengine = TransferDir(folder).last_checkpoint()  # transfer stages
     if mmengine is not None:
         return mmengine.name
-    state = folder / "search_state.json"
-    if state.is_file():
-        try:
-            return f"search_state.json (generation {json.loads(state.read_text()).get('generation')})"
-        except json.JSONDecodeError:
-            return "search_state.json (unreadable)"
-    return None
+    try:
+        state = SearchDir(folder).read_state()
+    except ArtifactError:
+        return f"{SearchDir.STATE} (unreadable)"
+    return f"{SearchDir.STATE} (generation {state.get('generation')})" if state is not None else None
 
 
 def stage_folders(run_root: Path) -> list[dict]:

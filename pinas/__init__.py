@@ -1,2 +1,2 @@
 """pinas: Pi-NAS from search to deployment."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

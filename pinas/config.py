@@ -13,14 +13,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .datasets import DataConfig
-from .export import ExportConfig
-from .linear_probe import LinearProbeConfig
-from .retrain import RetrainConfig
-from .search import SearchConfig
-from .space import get_space
-from .supernet_training import SupernetConfig
-from .transfer_stage import TransferConfig
+from pinas.data.sources import DataConfig
+from pinas.space import get_space
+from pinas.stages.export import ExportConfig
+from pinas.stages.linear_probe import LinearProbeConfig
+from pinas.stages.retrain import RetrainConfig
+from pinas.stages.search import SearchConfig
+from pinas.stages.supernet import SupernetConfig
+from pinas.stages.transfer import TransferConfig
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 Profile = Literal["demo", "paper"]

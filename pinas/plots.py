@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .artifacts import atomic_write
+from pinas.io.artifacts import atomic_write
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

@@ -5,8 +5,8 @@ import resource
 import pytest
 import torch
 
-from pinas.artifacts import ArtifactWriteError, atomic_torch_save, atomic_write_json, sha256_file
-from pinas.training import Checkpointer
+from pinas.engine.checkpoint import Checkpointer
+from pinas.io.artifacts import ArtifactWriteError, atomic_torch_save, atomic_write_json, sha256_file
 
 
 @contextlib.contextmanager

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from pinas.cost import CostModel, count_with_torch
+from pinas.models.backbone import Classifier, build_subnet
+from pinas.models.cost import CostModel, count_with_torch
 from pinas.space import DEMO, PINAS_CLS_ARCH, PINAS_TRANS_ARCH, RESNEST50, RESNEST50_ARCH
-from pinas.supernet import Classifier, build_subnet
 
 # (arch, params in M, MACs in G) from the method doc, section 1.4 / appendix A
 PAPER_TABLE = [

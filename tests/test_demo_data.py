@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pinas.demo_data import (
+from pinas.data.demo import (
     IGNORE_INDEX,
     MIN_INSTANCE_PIXELS,
     SHAPE_CLASSES,

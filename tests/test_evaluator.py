@@ -1,79 +1,33 @@
 """Candidate evaluation: precise-BN recalibration, the proxies, the evaluation cache and the linear-probe stage.
 
-Real torch on the generated demo data, no mocks. Two supernets are used:
+Real torch on the generated demo data, no mocks. Two supernets are used (session fixtures in ``conftest.py``):
 * ``trained_supernet``: ``run_supernet`` for a few steps on the demo data (the blocks' last-BN gammas move off zero,
   so different architectures score differently);
-* ``random_supernet``: a freshly initialised supernet-Pi written as a supernet stage artifact (every block starts as
+* ``random_supernet``: a freshly initialised supernet-Pi written as a supernet stage folder (every block starts as
   the identity, so the features are random convolutional features of the stem and shortcuts), for the probe.
-The fixtures write into the session's base temp folder and reuse what is there, so ``test_search.py`` (which calls
-the same ``make_*`` helpers) does not train a second supernet.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_EVAL
 from scipy import stats
 
-from pinas.artifacts import ArtifactError, atomic_torch_save, load_tensors, write_manifest
-from pinas.data import ImageFolderDataset
-from pinas.demo_data import DemoDataSpec, generate_imagenet
-from pinas.evaluator import (
-    CenterCrop,
-    EvaluatorConfig,
-    FixedBatches,
-    build_evaluator,
-    load_trained_supernet,
-    path_batchnorms,
-    precise_bn,
-)
-from pinas.linear_probe import LinearProbeConfig, run_linear_probe, train_probe
-from pinas.pi_model import SupernetPi
+from pinas.data.images import ImageFolderDataset
+from pinas.data.transforms import CenterCrop, FourViews, MocoV2Views
+from pinas.io.artifacts import ArtifactError, load_tensors
+from pinas.io.stage_dirs import ProbeDir, SupernetDir
+from pinas.models.backbone import PiNASBackbone
+from pinas.search.evaluation import EvaluatorConfig, build_evaluator
+from pinas.search.recalibration import FixedBatches, path_batchnorms, precise_bn
 from pinas.space import DEMO
-from pinas.supernet import PiNASBackbone
-from pinas.supernet_training import SupernetConfig, run_supernet
-
-SUPERNET_CFG = SupernetConfig(space="demo", epochs=0.5, batch_size=16, queue_size=256, projector_hidden=128,
-                              base_lr=1.0, ema_momentum=0.99, num_workers=0, device="cpu", log_every=5)
-TINY_EVAL = EvaluatorConfig(batch_size=8, recal_batches=1, heldout_images=8, reference_paths=1, device="cpu")
-
-
-def make_demo_imagenet(base: Path) -> Path:
-    """The generated demo ImageFolder (5 shape classes, 120 train / 120 val images per class, 72 px): a large val
-    split, because the random-feature probe is only a few points above chance and needs the sample to show it."""
-    return generate_imagenet(base / "demo_data", DemoDataSpec(seed=0, cls_val_per_class=120))
-
-
-def make_trained_supernet(base: Path) -> Path:
-    """A supernet stage folder from a few steps of ``run_supernet`` on the demo data (made once per session)."""
-    out = base / "trained_supernet"
-    if not (out / "manifest.json").is_file():
-        run_supernet(SUPERNET_CFG, make_demo_imagenet(base) / "train", out)
-    return out
+from pinas.stages.linear_probe import LinearProbeConfig, run_linear_probe, train_probe
 
 
 @pytest.fixture(scope="session")
-def demo_imagenet(tmp_path_factory) -> Path:
-    return make_demo_imagenet(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def trained_supernet(tmp_path_factory) -> Path:
-    return make_trained_supernet(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def random_supernet(tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "random_supernet"
-    if not (out / "manifest.json").is_file():
-        torch.manual_seed(0)
-        model = SupernetPi(PiNASBackbone(DEMO), SUPERNET_CFG.projector_hidden, SUPERNET_CFG.feature_dim,
-                           SUPERNET_CFG.queue_size, SUPERNET_CFG.temperature, SUPERNET_CFG.ema_momentum)
-        atomic_torch_save(model.artifact_state(), out / "supernet.pt")
-        write_manifest(out, "supernet", ["supernet.pt"], SUPERNET_CFG.model_dump())
-    return out
+def demo_imagenet(eval_imagenet):
+    return eval_imagenet
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -124,7 +78,7 @@ def test_precise_bn_changes_only_the_path_statistics_and_restores_them():
 
 def test_contrastive_proxy_is_deterministic_cached_and_leaves_the_supernet_unchanged(trained_supernet,
                                                                                        demo_imagenet):
-    model, _ = load_trained_supernet(trained_supernet)
+    model = SupernetDir(trained_supernet).load()
     before = _snapshot(model)
     rng = np.random.default_rng(0)
     a, b = DEMO.sample(rng), DEMO.sample(rng)
@@ -142,7 +96,7 @@ def test_contrastive_proxy_is_deterministic_cached_and_leaves_the_supernet_uncha
 
 
 def test_bn_gamma_proxy_sums_last_bn_gammas(trained_supernet):
-    model, _ = load_trained_supernet(trained_supernet)
+    model = SupernetDir(trained_supernet).load()
     evaluator = build_evaluator(EvaluatorConfig(proxy="bn_gamma"), model, None, None)
     arch = DEMO.sample(np.random.default_rng(3))
     gammas = model.student.backbone.last_bn_gammas()
@@ -151,13 +105,11 @@ def test_bn_gamma_proxy_sums_last_bn_gammas(trained_supernet):
 
 
 def test_fixed_batches_are_identical_with_and_without_the_memory_cache(demo_imagenet):
-    from pinas.evaluator import FourViews
-
     dataset = ImageFolderDataset(demo_imagenet / "val", 73)
     idx = [[0, 1, 2, 3], [40, 41, 42, 43]]
     cpu = torch.device("cpu")
-    cached = FixedBatches(dataset, idx, FourViews(64), cpu, seed=5, cache_bytes=1 << 30)
-    uncached = FixedBatches(dataset, idx, FourViews(64), cpu, seed=5, cache_bytes=0)
+    cached = FixedBatches(dataset, idx, FourViews(MocoV2Views(64)), cpu, seed=5, cache_bytes=1 << 30)
+    uncached = FixedBatches(dataset, idx, FourViews(MocoV2Views(64)), cpu, seed=5, cache_bytes=0)
     for _ in range(2):
         for (x1, y1), (x2, y2) in zip(cached, uncached):
             assert torch.equal(x1, x2) and torch.equal(y1, y2) and x1.shape == (16, 3, 64, 64)
@@ -180,12 +132,10 @@ def test_linear_probe_beats_chance_on_the_demo_data(random_supernet, demo_imagen
     assert set(manifest["files"]) == {"probe.pt", "probe.json", "metrics.jsonl"}
     assert load_tensors(tmp_path / "probe" / "probe.pt")["weight"].shape == (5, DEMO.out_channels[-1])
     # the probe proxy of the search scores with this head: top-1 on val after recalibration, deterministic
-    from pinas.linear_probe import load_probe
-
-    model, _ = load_trained_supernet(random_supernet)
+    model = SupernetDir(random_supernet).load()
     cfg = EvaluatorConfig(proxy="linear_probe", batch_size=32, recal_batches=2, device="cpu")
     evaluator = build_evaluator(cfg, model, demo_imagenet / "train", demo_imagenet / "val",
-                                load_probe(tmp_path / "probe"))
+                                ProbeDir(tmp_path / "probe").load())
     result = evaluator(DEMO.default_arch())
     assert result.score == result.acc and 0 <= result.acc <= 100 and result.loss > 0
 

@@ -16,28 +16,20 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pinas import data as pinas_data
-from pinas import onnx_predict
-from pinas.artifacts import MANIFEST, sha256_file, verify_manifest
-from pinas.demo_data import DemoDataSpec, generate_imagenet
-from pinas.export import (
-    ExportConfig,
-    ExportError,
-    ParityError,
-    StageFeatures,
-    check_parity,
-    eval_dataset,
-    iter_batches,
-    load_retrain,
-    run_export,
-)
-from pinas.onnx_predict import OnnxClassifier
+from pinas.data import transforms as pinas_data
+from pinas.deploy import predict as onnx_predict
+from pinas.deploy.onnx_export import ExportError, StageFeatures
+from pinas.deploy.parity import ParityError, check_parity, eval_dataset, iter_batches
+from pinas.deploy.predict import OnnxClassifier
+from pinas.io.artifacts import MANIFEST, sha256_file, verify_manifest
+from pinas.io.stage_dirs import RetrainDir
+from pinas.models.backbone import Classifier, build_subnet
 from pinas.space import get_space
-from pinas.supernet import Classifier, build_subnet
+from pinas.stages.export import ExportConfig, run_export
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = "10-23-31-02"  # every candidate appears, incl. the radix-2 / cardinality-2 split attention
-SPEC = DemoDataSpec(cls_train_per_class=8, cls_val_per_class=6)  # 40 train / 30 val images of 72 px
+SPEC = dict(cls_train_per_class=8, cls_val_per_class=6)  # 40 train / 30 val images of 72 px
 TRANSFER = {"coco": {"bbox_mAP": 0.012}, "ade20k": {"mIoU": 0.2}}
 
 
@@ -67,8 +59,8 @@ def make_retrain_dir(folder: Path, classes: list[str], seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def imagenet(tmp_path_factory) -> Path:
-    return generate_imagenet(tmp_path_factory.mktemp("data"), SPEC)
+def imagenet(demo_data) -> Path:
+    return demo_data("imagenet", **SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +81,7 @@ def exported(tmp_path_factory, retrain_dir, imagenet) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def torch_reference(retrain_dir, imagenet):
     """Validation images preprocessed the retrain way (torch), their paths, and torch eager logits."""
-    model, _, _ = load_retrain(retrain_dir)
+    model = RetrainDir(retrain_dir).load_classifier()
     dataset = eval_dataset(imagenet / "val", 64, None)
     images = torch.cat([x for x, _ in iter_batches(dataset, 64)])
     with torch.inference_mode():
@@ -172,10 +164,10 @@ def test_torch_free_runtime_gives_torch_top1(exported, torch_reference):
     _, _, paths, logits = torch_reference
     script = (
         "import json, sys\n"
-        "from pinas.onnx_predict import OnnxClassifier\n"
+        "from pinas.deploy.predict import OnnxClassifier\n"
         "clf = OnnxClassifier(sys.argv[1])\n"
         "logits = clf.logits(sys.argv[2:])\n"
-        "assert 'torch' not in sys.modules, 'pinas.onnx_predict pulled in torch'\n"
+        "assert 'torch' not in sys.modules, 'pinas.deploy.predict pulled in torch'\n"
         "print(json.dumps({'logits': logits.tolist(), 'classes': clf.classes}))\n")
     proc = subprocess.run([sys.executable, "-c", script, str(out / "model.onnx"), *paths], capture_output=True,
                           text=True, cwd=REPO, timeout=120)
@@ -185,7 +177,7 @@ def test_torch_free_runtime_gives_torch_top1(exported, torch_reference):
     assert (got.argmax(1) == logits.argmax(1)).all()
     np.testing.assert_allclose(got, logits, atol=1e-4)  # numpy/PIL preprocessing == the torch data pipeline
     # the CLI, too
-    proc = subprocess.run([sys.executable, "-m", "pinas.onnx_predict", str(out / "model.onnx"), *paths[:4],
+    proc = subprocess.run([sys.executable, "-m", "pinas.deploy.predict", str(out / "model.onnx"), *paths[:4],
                            "--json", "--top", "2"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     labels = [json.loads(line)["top"][0]["label"] for line in proc.stdout.splitlines()]

@@ -21,13 +21,11 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
-from pinas.artifacts import verify_manifest
-from pinas.locking import hold
-from pinas.training import Checkpointer
-from pinas.transfer import last_mmengine_checkpoint
+from pinas.engine.checkpoint import Checkpointer
+from pinas.io.artifacts import verify_manifest
+from pinas.io.locking import hold
+from pinas.io.stage_dirs import SearchDir, TransferDir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -53,9 +51,8 @@ TRAINING_STAGES = ["supernet", "linear-probe", "search", "retrain", "transfer"]
 
 
 @pytest.fixture(scope="module")
-def api_url():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
+def api_url(prefect_api):
+    return prefect_api
 
 
 def start(config_file: Path, run_root: Path, api_url: str, log: Path, **popen) -> subprocess.Popen:
@@ -74,9 +71,10 @@ def unfinished(run_root: Path, stage: str) -> list[Path]:
 
 def progress_of(stage_dir: Path) -> int | None:
     """The step / generation / iteration a restarted stage continues from, from its files alone."""
-    if (stage_dir / "search_state.json").exists():
-        return json.loads((stage_dir / "search_state.json").read_text())["generation"]
-    mmengine = last_mmengine_checkpoint(stage_dir)  # iter_<N>.pth
+    state = SearchDir(stage_dir).read_state()
+    if state is not None:
+        return state["generation"]
+    mmengine = TransferDir(stage_dir).last_checkpoint()  # iter_<N>.pth
     if mmengine is not None:
         return int(mmengine.stem.split("_")[1])
     return Checkpointer(stage_dir / "checkpoints").latest_step()
@@ -104,7 +102,7 @@ def resumed(stage: str, folder: str, at: int, output: str, run_root: Path) -> bo
     """Did the run after the kill continue ``folder`` from ``at`` (its last checkpoint) rather than from scratch?"""
     if stage == "search":
         return f"search: resuming at generation {at + 1}" in output
-    if stage == "transfer":  # MMEngine's own resume: the iteration training started from, kept by pinas.transfer
+    if stage == "transfer":  # MMEngine resumes; start_iter is kept by pinas.openmmlab.runner
         return json.loads((run_root / "stages" / folder / "metrics.json").read_text())["start_iter"] == at
     return f"resuming at step {at}" in output
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pinas.locking import FolderBusyError, hold, is_held
+from pinas.io.locking import FolderBusyError, hold, is_held
 
 REPO = Path(__file__).resolve().parents[1]
-HOLDER = "import sys, time\nfrom pinas.locking import hold\nwith hold(sys.argv[1]):\n    print('held', flush=True)\n" \
-         "    time.sleep(600)\n"
+HOLDER = ("import sys, time\nfrom pinas.io.locking import hold\nwith hold(sys.argv[1]):\n"
+          "    print('held', flush=True)\n    time.sleep(600)\n")
 
 
 def test_a_second_holder_is_refused_until_the_first_is_killed(tmp_path):

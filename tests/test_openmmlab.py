@@ -11,9 +11,9 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS as SEG_MODELS
 from torch import nn
 
+from pinas.models.backbone import Classifier, PiNASBackbone
 from pinas.openmmlab import PiNASResNeSt
 from pinas.space import ArchError, get_space
-from pinas.supernet import Classifier, PiNASBackbone
 
 CONFIGS = Path(__file__).resolve().parents[1] / "transfer_configs"
 DEMO_ARCH = "13-31-20-12"

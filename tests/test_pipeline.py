@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import main as cli_main
 from flows.pipeline import pinas_pipeline
-from pinas.artifacts import sha256_file, verify_manifest
 from pinas.config import load_config
+from pinas.io.artifacts import sha256_file, verify_manifest
 
 TINY = {
     "stages": ["supernet"],
@@ -24,10 +23,7 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def run(config, root):

@@ -18,11 +18,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from pinas.artifacts import verify_manifest
-from pinas.data import DataError, ImageFolderDataset, Normalize, center_crop
-from pinas.demo_data import SHAPE_CLASSES, DemoDataSpec, generate_imagenet
-from pinas.pi_model import SupernetPi
-from pinas.retrain import (
+from pinas.data.demo import SHAPE_CLASSES
+from pinas.data.images import DataError, ImageFolderDataset
+from pinas.data.transforms import Normalize, center_crop
+from pinas.io.artifacts import verify_manifest
+from pinas.models.backbone import Classifier, PiNASBackbone, build_subnet
+from pinas.models.supernet_pi import SupernetPi
+from pinas.space import DEMO
+from pinas.stages.retrain import (
     DEMO_OVERRIDES,
     OUTPUTS,
     RetrainConfig,
@@ -33,8 +36,6 @@ from pinas.retrain import (
     supernet_backbone_state,
     train_retrain,
 )
-from pinas.space import DEMO
-from pinas.supernet import Classifier, PiNASBackbone, build_subnet
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_ARCH = "30-12-23-01"  # mixes all four candidates
@@ -46,31 +47,21 @@ TINY = {**DEMO_OVERRIDES, "arch": DEMO_ARCH, "epochs": 2, "batch_size": 8, "base
         "log_every": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machines it is several times faster under contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module")
+def retrain_data(demo_data) -> Path:
+    return demo_data("imagenet")
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    return generate_imagenet(tmp_path_factory.mktemp("demo"), DemoDataSpec())
+def tiny_data(demo_data) -> Path:
+    return demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=4)
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return generate_imagenet(tmp_path_factory.mktemp("tiny"), DemoDataSpec(cls_train_per_class=8,
-                                                                            cls_val_per_class=4))
-
-
-@pytest.fixture(scope="module")
-def demo_run(demo_data, tmp_path_factory) -> tuple[Path, dict, float]:
+def demo_run(retrain_data, tmp_path_factory) -> tuple[Path, dict, float]:
     out = tmp_path_factory.mktemp("demo_run") / "retrain"
     t0 = time.perf_counter()
-    manifest = run_retrain(RetrainConfig(**DEMO_OVERRIDES), demo_data, out)
+    manifest = run_retrain(RetrainConfig(**DEMO_OVERRIDES), retrain_data, out)
     return out, manifest, time.perf_counter() - t0
 
 
@@ -108,7 +99,7 @@ def test_demo_retraining_beats_chance(demo_run):
     verify_manifest(out)
 
 
-def test_model_pt_loads_standalone_and_reproduces_top1(demo_run, demo_data):
+def test_model_pt_loads_standalone_and_reproduces_top1(demo_run, retrain_data):
     out, manifest, _ = demo_run
     meta = json.loads((out / "model_config.json").read_text())
     assert meta == {"space": "demo", "arch": DEMO_OVERRIDES["arch"], "num_classes": 5,
@@ -120,7 +111,7 @@ def test_model_pt_loads_standalone_and_reproduces_top1(demo_run, demo_data):
     model.load_state_dict(state, strict=True)
     model.eval()
     # the evaluation protocol written out independently: decode at 8/7 of the input size, centre crop, normalise
-    val = ImageFolderDataset(demo_data / "val", round(meta["input_size"] * 8 / 7))
+    val = ImageFolderDataset(retrain_data / "val", round(meta["input_size"] * 8 / 7))
     assert val.classes == meta["classes"]
     images = torch.stack([val[i][0] for i in range(len(val))])
     labels = torch.tensor([val[i][1] for i in range(len(val))])
@@ -131,14 +122,14 @@ def test_model_pt_loads_standalone_and_reproduces_top1(demo_run, demo_data):
     assert top1 == pytest.approx(manifest["metrics"]["top1"], abs=1e-9)
 
 
-def test_finished_run_is_a_no_op(demo_run, demo_data):
+def test_finished_run_is_a_no_op(demo_run, retrain_data):
     out, manifest, _ = demo_run
     before = {p: (out / p).stat().st_mtime_ns for p in OUTPUTS}
-    again = run_retrain(RetrainConfig(**DEMO_OVERRIDES), demo_data, out)
+    again = run_retrain(RetrainConfig(**DEMO_OVERRIDES), retrain_data, out)
     assert again == manifest
     assert before == {p: (out / p).stat().st_mtime_ns for p in OUTPUTS}
     with pytest.raises(ValueError, match="seed"):
-        run_retrain(RetrainConfig(**{**DEMO_OVERRIDES, "seed": 1}), demo_data, out)
+        run_retrain(RetrainConfig(**{**DEMO_OVERRIDES, "seed": 1}), retrain_data, out)
 
 
 # -------------------------------------------------------------------------------------------------- resume
@@ -165,7 +156,7 @@ def test_sigkilled_cli_run_resumes_exactly(tiny_data, tiny_reference, tmp_path):
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(RetrainConfig(**TINY).model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pinas.retrain", "--config", str(cfg_path), "--data-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "pinas.stages.retrain", "--config", str(cfg_path), "--data-dir",
                              str(tiny_data), "--out", str(out)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -1,8 +1,8 @@
 """Evolutionary search: constraints, exact resumption, the Pareto front, rank correlations, the demo claim.
 
-Searches run on the few-step trained demo supernet of ``test_evaluator.py`` (made by its helpers, once per
-session). The cheap ``bn_gamma`` proxy drives the tests of the search mechanics; the resumption
-and demo tests use the real label-free contrastive proxy on a handful of images.
+Searches run on the few-step trained demo supernet (a session fixture of ``conftest.py``). The cheap ``bn_gamma``
+proxy drives the tests of the search mechanics; the resumption and demo tests use the real label-free contrastive
+proxy on a handful of images.
 """
 from __future__ import annotations
 
@@ -11,23 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_EVAL
 from scipy import stats
-from test_evaluator import TINY_EVAL, make_demo_imagenet, make_trained_supernet
 
-from pinas.evaluator import EvaluatorConfig, build_evaluator, load_trained_supernet
-from pinas.ranking import bootstrap_ci, compare, kendall_tau, load_scores, main, spearman_rho
-from pinas.search import CANDIDATES, RESULT, STATE, InfeasibleError, SearchConfig, cost_model, pareto_front, run_search
+from pinas.io.stage_dirs import SearchDir, SupernetDir
+from pinas.search.constraints import cost_model, pareto_front
+from pinas.search.evaluation import EvaluatorConfig, build_evaluator
+from pinas.search.evolution import InfeasibleError
+from pinas.search.ranking import bootstrap_ci, compare, kendall_tau, load_scores, main, spearman_rho
 from pinas.space import DEMO
+from pinas.stages.search import SearchConfig, run_search
+
+CANDIDATES, RESULT, STATE = SearchDir.CANDIDATES, SearchDir.RESULT, SearchDir.STATE
 
 
 @pytest.fixture(scope="session")
-def data(tmp_path_factory) -> Path:
-    return make_demo_imagenet(tmp_path_factory.getbasetemp())
+def data(eval_imagenet) -> Path:
+    return eval_imagenet
 
 
 @pytest.fixture(scope="session")
-def supernet(tmp_path_factory) -> Path:
-    return make_trained_supernet(tmp_path_factory.getbasetemp())
+def supernet(trained_supernet) -> Path:
+    return trained_supernet
 
 
 SMALL = dict(population=8, generations=3, parents=3, mutations=4, crossovers=4, top_k=3)
@@ -165,7 +170,7 @@ def test_killed_search_resumes_at_the_next_generation_with_the_same_result(unint
 def test_searched_architecture_beats_the_median_random_architecture(uninterrupted, supernet,
                                                                      data):
     result, candidates = _read(uninterrupted)
-    model, _ = load_trained_supernet(supernet)
+    model = SupernetDir(supernet).load()
     evaluator = build_evaluator(TINY_EVAL, model, data / "train", data / "val")
     rng = np.random.default_rng(12345)  # an independent random sample, not the search's generation 0
     random_scores = [evaluator(DEMO.sample(rng)).score for _ in range(8)]

@@ -3,8 +3,8 @@ import torch
 
 from flows.cli import main as cli_main
 from flows.status import run_status
-from pinas.artifacts import atomic_torch_save, write_manifest
-from pinas.locking import hold
+from pinas.io.artifacts import atomic_torch_save, write_manifest
+from pinas.io.locking import hold
 
 
 def _stage(root, name, key):

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from pinas.blocks import CandidateBlock
+from pinas.models.backbone import Classifier, PiNASBackbone, build_subnet, extract_subnet
+from pinas.models.blocks import CandidateBlock
 from pinas.space import DEMO, RESNEST50
-from pinas.supernet import Classifier, PiNASBackbone, build_subnet, extract_subnet
 
 
 def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
@@ -90,7 +90,7 @@ def test_subnet_refuses_another_architecture_and_supernet_needs_one():
 @pytest.mark.parametrize("radix, cardinality", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_split_attention_matches_a_per_channel_reference(radix, cardinality):
     """Reference: channel j of cardinal group k is sum_i softmax_i(a[k, i, j]) * U_i[j] (sigmoid for radix 1)."""
-    from pinas.blocks import SplitAttentionConv
+    from pinas.models.blocks import SplitAttentionConv
     torch.manual_seed(0)
     gw = 8
     sa = SplitAttentionConv(gw, radix, cardinality, 8, torch.nn.BatchNorm2d).eval()

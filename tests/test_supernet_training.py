@@ -1,5 +1,6 @@
 """Supernet-Pi training: objective semantics, exact resume after SIGKILL, and a 2-process gloo run."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from pinas.artifacts import load_tensors, verify_manifest
-from pinas.data import ImageFolderDataset, MocoV2Views
-from pinas.pi_model import SupernetPi, TwoPathStudent
+from pinas.data.images import ImageFolderDataset
+from pinas.data.transforms import MocoV2Views
+from pinas.engine.steplog import read_step_log
+from pinas.io.artifacts import load_tensors, verify_manifest
+from pinas.models.backbone import PiNASBackbone
+from pinas.models.supernet_pi import SupernetPi, TwoPathStudent
 from pinas.space import DEMO
-from pinas.supernet import PiNASBackbone
-from pinas.supernet_training import SupernetConfig, four_views, pi_step, run_supernet
-from pinas.training import read_step_log
+from pinas.stages.supernet import SupernetConfig, four_views, pi_step, run_supernet, train_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +115,7 @@ def test_queue_holds_the_mean_keys(demo_imagenet):
 
 
 def test_info_nce_is_cross_entropy_with_the_positive_first():
-    from pinas.pi_model import info_nce
+    from pinas.models.supernet_pi import info_nce
     q = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     k = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     queue = torch.nn.functional.normalize(torch.randn(8, 10), dim=0)
@@ -122,15 +124,13 @@ def test_info_nce_is_cross_entropy_with_the_positive_first():
     assert torch.allclose(info_nce(q, k, queue, 0.2), expected)
 
 
-def test_contrastive_loss_falls_and_artifact_is_tensor_only(tmp_path):
+def test_contrastive_loss_falls_and_artifact_is_tensor_only(demo_data, tmp_path):
     """On a small demo set the loss rises while the queue fills with real keys, then falls well below that peak.
 
     The demo profile's milder views (crop from 35 %, hue 0.1) are used: at 64 px the paper's hue 0.4 leaves too
     little of an image's identity to learn from in 50 steps.
     """
-    from pinas.demo_data import DemoDataSpec, generate_imagenet
-
-    data = generate_imagenet(tmp_path / "data", DemoDataSpec(cls_train_per_class=8, cls_val_per_class=2))
+    data = demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=2)
     cfg = small_config(epochs=25, batch_size=20, base_batch=20, queue_size=40, base_lr=0.05, checkpoint_every=1000,
                        crop_min_scale=0.35, hue=0.1)
     manifest = run_supernet(cfg, data / "train", tmp_path / "run")
@@ -146,7 +146,7 @@ def test_contrastive_loss_falls_and_artifact_is_tensor_only(tmp_path):
 def _train_cli(cfg: SupernetConfig, train_dir: Path, out: Path, extra=()):
     cfg_path = out.parent / f"{out.name}.json"
     cfg_path.write_text(cfg.model_dump_json())
-    return [sys.executable, "-m", "pinas.supernet_training", "--config", str(cfg_path), "--train-dir",
+    return [sys.executable, "-m", "pinas.stages.supernet", "--config", str(cfg_path), "--train-dir",
             str(train_dir), "--out", str(out), *extra]
 
 
@@ -155,10 +155,11 @@ def _env():
 
 
 @pytest.mark.slow
-def test_sigkilled_training_resumes_to_the_same_weights(demo_imagenet, tmp_path):
+def test_sigkilled_training_resumes_to_the_same_weights(demo_imagenet, tmp_path, caplog):
+    """Only the killed run is a subprocess; the uninterrupted reference and the resumed run train in-process."""
     cfg = small_config(epochs=1, checkpoint_every=3)  # 12 steps, checkpoints at 3, 6, 9
     train = demo_imagenet / "train"
-    subprocess.run(_train_cli(cfg, train, tmp_path / "straight"), check=True, env=_env(), capture_output=True)
+    train_supernet(cfg, train, tmp_path / "straight")
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cli(cfg, train, killed), env=_env(), stdout=subprocess.DEVNULL,
@@ -171,8 +172,9 @@ def test_sigkilled_training_resumes_to_the_same_weights(demo_imagenet, tmp_path)
     proc.wait()
     assert not (killed / "supernet.pt").exists()
     steps_logged = [r["step"] for r in read_step_log(killed / "metrics.jsonl")]
-    out = subprocess.run(_train_cli(cfg, train, killed), check=True, env=_env(), capture_output=True, text=True)
-    assert "resuming at step" in out.stderr + out.stdout
+    with caplog.at_level(logging.INFO, logger="pinas"):
+        train_supernet(cfg, train, killed)
+    assert "resuming at step" in caplog.text
     a, b = load_tensors(tmp_path / "straight" / "supernet.pt"), load_tensors(killed / "supernet.pt")
     for part in ("student", "teacher"):
         for key in a[part]:
@@ -213,7 +215,7 @@ def test_two_process_gloo_run_agrees_across_ranks(demo_imagenet, tmp_path):
 WORKER_WITH_STATE = """
 import json, sys, torch
 from pathlib import Path
-import pinas.supernet_training as st
+import pinas.stages.supernet as st
 cfg = st.SupernetConfig.model_validate_json(Path(sys.argv[1]).read_text())
 out = Path(sys.argv[3])
 paths, models = [], []

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from mmdet.registry import DATASETS as DET_DATASETS
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.config import Config
@@ -13,9 +12,9 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS as SEG_DATASETS
 from mmseg.registry import MODELS as SEG_MODELS
 
-from pinas.demo_data import DemoDataSpec, generate_ade20k, generate_cityscapes, generate_coco
+from pinas.io.stage_dirs import TransferDir
+from pinas.openmmlab.runner import main, run_transfer
 from pinas.space import ArchError
-from pinas.transfer import METRICS_FILE, main, run_transfer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "transfer_configs"
 DEMO_ARCH = "13-31-20-12"
@@ -28,20 +27,12 @@ DEMO = {"coco": "demo_mask-rcnn_coco.py", "ade20k": "demo_deeplabv3_ade20k.py",
         "cityscapes": "demo_deeplabv3_cityscapes.py"}
 
 
+METRICS_FILE = TransferDir.METRICS
+
+
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
-    root, spec = tmp_path_factory.mktemp("demo_data"), DemoDataSpec()
-    return {"coco": generate_coco(root, spec), "ade20k": generate_ade20k(root, spec),
-            "cityscapes": generate_cityscapes(root, spec)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: several times faster than two when the two CPU cores are shared (design notes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def data(demo_data) -> dict[str, Path]:
+    return {name: demo_data(name) for name in ("coco", "ade20k", "cityscapes")}
 
 
 def _run(name: str, data: dict[str, Path], work_dir: Path, **kwargs) -> dict:

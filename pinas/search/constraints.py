@@ -1,0 +1,123 @@
+"""What the search may return: bounds on params, MACs and latency, and the Pareto front of what it found.
+
+Costs come from the per-layer tables of :class:`pinas.models.cost.CostModel` (params, MACs) and, for latency, a
+measured :class:`LatencyTable` or any ``arch -> ms`` function. A bound that no architecture of the space can meet is
+reported before anything is evaluated (:meth:`Constraints.check_reachable`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pinas.models.cost import CostModel
+from pinas.space import Arch, SearchSpace
+
+LatencyFn = Callable[[Arch], float]
+
+
+class ConstraintConfig(BaseModel):
+    """Bounds on the searched architecture; ``None`` is unbounded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_params_m: float | None = Field(None, gt=0, description="constraint on millions of parameters")
+    min_params_m: float | None = Field(None, ge=0)
+    max_macs_m: float | None = Field(None, gt=0, description="constraint on millions of MACs (FLOPs / 2)")
+    min_macs_m: float | None = Field(None, ge=0)
+    max_latency_ms: float | None = Field(None, gt=0, description="needs latency_table or a latency_fn")
+    latency_table: str | None = Field(None, description='JSON {"fixed_ms": x, "layers": [[ms per choice], ...]}')
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ConstraintConfig:
+        for low, high in (("min_params_m", "max_params_m"), ("min_macs_m", "max_macs_m")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"{low} = {lo} is above {high} = {hi}")
+        return self
+
+
+class LatencyTable:
+    """Latency as a fixed part plus one measured entry per (layer, choice), in milliseconds."""
+
+    def __init__(self, fixed_ms: float, layers: Sequence[Sequence[float]]):
+        self.fixed_ms, self.layers = float(fixed_ms), np.asarray(layers, float)
+
+    @classmethod
+    def load(cls, path: str | Path, space: SearchSpace) -> LatencyTable:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"latency_table {path} does not exist")
+        data = json.loads(path.read_text())
+        table = cls(data.get("fixed_ms", 0.0), data["layers"])
+        if table.layers.shape != (space.num_layers, space.num_choices):
+            raise ValueError(f"latency_table {path}: layers is {table.layers.shape}, space {space.name!r} needs "
+                             f"({space.num_layers}, {space.num_choices})")
+        return table
+
+    def __call__(self, arch: Arch) -> float:
+        return self.fixed_ms + float(self.layers[np.arange(len(arch)), list(arch)].sum())
+
+
+def pareto_front(objectives: np.ndarray) -> np.ndarray:
+    """Mask of the non-dominated rows (every column minimised): no other row is <= everywhere and < somewhere."""
+    p = np.asarray(objectives, float)
+    if p.ndim != 2:
+        raise ValueError("objectives must be (points, objectives)")
+    no_worse = (p[None, :, :] <= p[:, None, :]).all(-1)  # [i, j]: row j is no worse than row i anywhere
+    better = (p[None, :, :] < p[:, None, :]).any(-1)
+    return ~(no_worse & better).any(1)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Bounds on params, MACs (absolute counts) and latency (ms); ``None`` is unbounded."""
+
+    min_params: float | None = None
+    max_params: float | None = None
+    min_macs: float | None = None
+    max_macs: float | None = None
+    max_latency_ms: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: ConstraintConfig) -> Constraints:
+        def scale(v):
+            return None if v is None else v * 1e6
+        return cls(scale(cfg.min_params_m), scale(cfg.max_params_m), scale(cfg.min_macs_m), scale(cfg.max_macs_m),
+                   cfg.max_latency_ms)
+
+    def satisfied(self, rec: dict) -> bool:
+        checks = ((self.min_params, rec["params"], 1), (self.max_params, rec["params"], -1),
+                  (self.min_macs, rec["macs"], 1), (self.max_macs, rec["macs"], -1),
+                  (self.max_latency_ms, rec.get("latency_ms"), -1))
+        return all(bound is None or (value - bound) * sign >= 0 for bound, value, sign in checks)
+
+    def check_reachable(self, cost: CostModel, latency: LatencyTable | None) -> None:
+        """Fail early, naming the field, when one bound lies outside everything the space can reach."""
+        fixed = cost.fixed
+        ranges = {"params": (fixed.params + sum(map(min, cost.layer_params)),
+                             fixed.params + sum(map(max, cost.layer_params))),
+                  "macs": (fixed.macs + sum(map(min, cost.layer_macs)), fixed.macs + sum(map(max, cost.layer_macs)))}
+        bounds = [("min_params_m", self.min_params, "params", 1), ("max_params_m", self.max_params, "params", 0),
+                  ("min_macs_m", self.min_macs, "macs", 1), ("max_macs_m", self.max_macs, "macs", 0)]
+        for field, bound, what, is_min in bounds:
+            lo, hi = ranges[what]
+            if bound is not None and (bound > hi if is_min else bound < lo):
+                raise ValueError(f"no architecture satisfies {field} = {bound / 1e6:g}: {what} in space "
+                                 f"{cost.space.name!r} range from {lo / 1e6:.4f} M to {hi / 1e6:.4f} M")
+        if latency is not None and self.max_latency_ms is not None:
+            fastest = latency.fixed_ms + latency.layers.min(1).sum()
+            if self.max_latency_ms < fastest:
+                raise ValueError(f"no architecture satisfies max_latency_ms = {self.max_latency_ms}: the fastest "
+                                 f"takes {fastest:.3f} ms by the latency table")
+
+
+@functools.lru_cache(maxsize=8)
+def cost_model(space: SearchSpace, num_classes: int) -> CostModel:
+    """The cost table at the space's input size, built once per process (it traces the supernet)."""
+    return CostModel(space, space.input_size, num_classes)

@@ -1,0 +1,45 @@
+"""What every stage config and stage folder shares: settings that determine the result, and reuse of finished runs."""
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from pinas.engine.checkpoint import check_same_settings
+from pinas.io.artifacts import ArtifactError
+from pinas.io.stage_dirs import StageDir
+
+log = logging.getLogger("pinas")
+
+
+class StageConfig(BaseModel):
+    """A stage's config. ``runtime_fields`` change how a run executes or reports, not what it computes, so a
+    checkpoint or finished run made under other values of them is still "the same run"."""
+
+    model_config = ConfigDict(extra="forbid")
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "num_workers", "checkpoint_every", "log_every"})
+
+    def settings(self) -> dict[str, Any]:
+        """The JSON form of the fields that determine the result (what checkpoints are checked against)."""
+        return self.settings_of(self.model_dump(mode="json"))
+
+    @classmethod
+    def settings_of(cls, dumped: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in dumped.items() if k not in cls.runtime_fields}
+
+
+def finished_run(folder: StageDir, cfg: StageConfig) -> dict[str, Any] | None:
+    """The manifest of a finished run of ``cfg`` in ``folder``, or None when it must (re)run.
+
+    A finished run made with other settings is an error naming them; a damaged one is redone (with a warning).
+    """
+    if not folder.finished:
+        return None
+    saved = folder.manifest().get("config", {})
+    check_same_settings(cfg.settings_of(saved), cfg.settings(), folder.path, f"finished {folder.stage} run")
+    try:
+        return folder.verify()
+    except ArtifactError as exc:
+        log.warning("finished %s in %s is damaged (%s): redoing its outputs", folder.stage, folder.path, exc)
+        return None

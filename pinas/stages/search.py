@@ -1,0 +1,120 @@
+"""Stage 2: evolutionary architecture search on the trained supernet, under cost constraints, resumable.
+
+The evolution is :class:`pinas.search.evolution.EvolutionSearch`; candidates are scored by an evaluator
+(:mod:`pinas.search.evaluation`) after BN recalibration of their path. After every generation the search state is
+written atomically to ``search_state.json`` (:class:`~pinas.io.stage_dirs.SearchDir`) together with what the result
+depends on; a restarted run with the same settings goes on at the next generation and ends with the same result as
+one never interrupted, and one with other settings is refused, naming the differing fields.
+
+Outputs: ``search_state.json``, ``candidates.jsonl`` (every evaluated candidate: arch, generation, origin, score,
+loss, acc, params, macs, [latency_ms], bn_gamma), ``result.json`` (best, top-k, Pareto front of score vs MACs [and
+latency], random-population median), ``fitness.png``, ``pareto.png`` and the manifest.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from pinas.data.images import check_classes, scan_image_folder
+from pinas.data.transforms import MocoV2Views
+from pinas.engine.checkpoint import check_same_settings
+from pinas.engine.distributed import resolve_device
+from pinas.engine.loop import ProgressFn
+from pinas.io.stage_dirs import ProbeDir, SearchDir, SupernetDir
+from pinas.plots import plot_fitness, plot_pareto
+from pinas.search.constraints import ConstraintConfig, Constraints, LatencyFn, LatencyTable, cost_model
+from pinas.search.evaluation import Evaluator, EvaluatorConfig, build_evaluator
+from pinas.search.evolution import EvolutionConfig, EvolutionSearch
+from pinas.search.proxies import BNGammaProxy
+from pinas.stages.common import StageConfig
+
+log = logging.getLogger("pinas")
+#: evaluator settings that change how fast a score is computed, not the score
+EVALUATOR_RUNTIME_FIELDS = frozenset({"cache_mb", "num_workers"})
+
+
+class SearchConfig(StageConfig, EvolutionConfig, ConstraintConfig):
+    """Evolution, constraints and the evaluator; defaults are SPOS's (50 x 20, top 10, 25 + 25, p = 0.1)."""
+
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    num_classes: int | None = Field(None, ge=1, description="classifier head counted in the costs; "
+                                                            "default: classes of train_dir")
+
+    def settings(self) -> dict[str, Any]:
+        dumped = self.model_dump(mode="json")
+        dumped["evaluator"] = {k: v for k, v in dumped["evaluator"].items() if k not in EVALUATOR_RUNTIME_FIELDS}
+        return dumped
+
+
+def run_search(cfg: SearchConfig, supernet_dir: Path, train_dir: Path, val_dir: Path, out_dir: Path,
+               probe_dir: Path | None = None, progress: ProgressFn | None = None, latency_fn: LatencyFn | None = None,
+               stop_after_generation: int | None = None) -> dict:
+    """The stage: validate inputs, evolve (resuming from ``search_state.json``), write the results.
+
+    ``train_dir`` feeds BN recalibration, ``val_dir`` the held-out proxy images; ``probe_dir`` is the finished
+    ``linear_probe`` stage (needed when ``cfg.evaluator.proxy == "linear_probe"``). ``latency_fn`` (arch -> ms)
+    overrides ``cfg.latency_table``. ``stop_after_generation`` returns after that generation is saved, as if the
+    process had been killed there (for tests of resumption).
+    """
+    folder, supernet = SearchDir(out_dir), SupernetDir(supernet_dir)
+    supernet_cfg = supernet.settings()
+    _, classes = scan_image_folder(train_dir)
+    scan_image_folder(val_dir)
+    probe = None
+    if cfg.evaluator.proxy == "linear_probe":
+        if probe_dir is None:
+            raise ValueError("probe_dir is required for evaluator.proxy = 'linear_probe' (run the linear_probe stage)")
+        probe = ProbeDir(probe_dir).load()
+        if probe[1]["space"] != supernet_cfg["space"]:
+            raise ValueError(f"probe_dir {probe_dir} was trained on space {probe[1]['space']!r}, the supernet is "
+                             f"{supernet_cfg['space']!r}")
+        check_classes(probe[1]["classes"], Path(val_dir), "val_dir")
+    device = resolve_device(cfg.evaluator.device)
+    model = supernet.load(device)
+    space = model.space
+    latency = latency_fn or (LatencyTable.load(cfg.latency_table, space) if cfg.latency_table else None)
+    if cfg.max_latency_ms is not None and latency is None:
+        raise ValueError("max_latency_ms needs latency_table (or a latency_fn)")
+    cost = cost_model(space, cfg.num_classes or len(classes))
+    constraints = Constraints.from_config(cfg)
+    constraints.check_reachable(cost, latency if isinstance(latency, LatencyTable) else None)
+
+    evaluator = build_evaluator(cfg.evaluator, model, train_dir, val_dir, probe, device,
+                                MocoV2Views.from_settings(space.input_size, supernet_cfg))
+    search = EvolutionSearch(cfg, space, evaluator, cost, constraints, latency, BNGammaProxy(model.student.backbone))
+    # what the result depends on: the settings, the supernet (and probe) files, the latency source
+    fingerprint = {"config": cfg.settings(), "space": supernet_cfg["space"], "supernet": supernet.manifest()["files"],
+                   "probe": ProbeDir(probe_dir).manifest()["files"] if probe is not None else None,
+                   "latency": "fn" if latency_fn else cfg.latency_table}
+    folder.path.mkdir(parents=True, exist_ok=True)
+    state = folder.read_state()
+    if state is not None:
+        check_same_settings(state.get("fingerprint", {}), fingerprint, folder / SearchDir.STATE, "search state")
+        search.load_state_dict(state)
+        log.info("search: resuming at generation %d (%d candidates already scored)", search.generation + 1,
+                 len(search.candidates))
+    while search.generation + 1 < cfg.generations:
+        if not search.run_generation(progress):
+            break
+        folder.write_state({"fingerprint": fingerprint, **search.state_dict()}, search.candidates)
+        if stop_after_generation is not None and search.generation >= stop_after_generation:
+            return {"stopped_after_generation": search.generation}
+    return _finish(cfg, search, folder, evaluator)
+
+
+def _finish(cfg: SearchConfig, search: EvolutionSearch, folder: SearchDir, evaluator: Evaluator) -> dict:
+    result = search.result()
+    folder.write_candidates(search.candidates)
+    folder.write_result(result)
+    proxy = cfg.evaluator.proxy
+    plot_fitness(search.history, folder / SearchDir.FITNESS_PLOT, proxy)
+    plot_pareto(search.candidates, search.front_mask(), folder / SearchDir.PARETO_PLOT, result["best"], proxy)
+    best = result["best"]
+    metrics = {"best_arch": best["arch"], "best_score": best["score"], "best_params_m": best["params"] / 1e6,
+               "best_macs_m": best["macs"] / 1e6, "evaluated": result["evaluated"],
+               "random_population_median_score": result["random_population_median_score"],
+               "bn_gamma_kendall_tau": result["bn_gamma_kendall_tau"], "cache_hits": evaluator.hits}
+    return folder.write_manifest(SearchDir.OUTPUTS, cfg.model_dump(mode="json"), metrics)

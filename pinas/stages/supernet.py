@@ -1,0 +1,227 @@
+"""Stage 1: unsupervised supernet-Pi training (method doc section 2), resumable and distributed.
+
+``train_supernet`` trains in this process, or once per rank under ``torchrun`` (``python -m pinas.stages.supernet``),
+which :func:`run_supernet` launches when ``nproc > 1``. The folder (:class:`~pinas.io.stage_dirs.SupernetDir`)
+holds ``checkpoints/`` (full training state every ``checkpoint_every`` steps), ``metrics.jsonl`` (the loss curve)
+and, when training is complete, ``supernet.pt``: the tensor-only student, teacher and queue.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from pinas.data.images import ImageFolderDataset, batch_loader
+from pinas.data.transforms import FourViews, MocoV2Views
+from pinas.engine.distributed import (
+    SINGLE_PROCESS,
+    DistInfo,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    resolve_device,
+    shutdown,
+    use_amp,
+    wrap_ddp,
+)
+from pinas.engine.launch import run_module
+from pinas.engine.loop import ProgressFn, TrainLoop, default_hooks
+from pinas.engine.sampler import EpochBatchSampler
+from pinas.engine.schedules import cosine_lr, set_lr
+from pinas.engine.steplog import read_step_log
+from pinas.io.artifacts import atomic_write_json
+from pinas.io.stage_dirs import SupernetDir
+from pinas.models.backbone import PiNASBackbone
+from pinas.models.supernet_pi import SupernetPi, TwoPathStudent, zero_off_path_grads
+from pinas.space import Arch, get_space
+from pinas.stages.common import StageConfig, finished_run
+
+log = logging.getLogger("pinas")
+StepHook = Callable[[int, Arch, Arch], None]
+
+
+class SupernetConfig(StageConfig):
+    """Hyper-parameters of supernet-Pi training; defaults are the paper's (method doc 2.5-2.7)."""
+
+    space: str = "resnest50"
+    epochs: float = Field(100, gt=0, description="passes over the training images")
+    batch_size: int = Field(24, ge=2, description="images per process (each gives 4 views)")
+    base_lr: float = Field(0.03, gt=0, description="SGD lr at base_batch; scaled linearly to the global batch")
+    base_batch: int = Field(192, ge=1)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    ema_momentum: float = Field(0.999, ge=0, lt=1)
+    temperature: float = Field(0.2, gt=0)
+    queue_size: int = Field(49152, ge=1)
+    feature_dim: int = 128
+    projector_hidden: int = 2048
+    decode_size: int | None = Field(None, description="square the loader decodes to; default input_size * 8/7")
+    crop_min_scale: float = Field(0.2, gt=0, le=1, description="smallest crop area of RandomResizedCrop")
+    color_jitter: float = Field(0.4, ge=0, description="brightness/contrast/saturation jitter strength")
+    hue: float = Field(0.4, ge=0, le=0.5, description="hue jitter (OpenSelfSup's MoCo v2 uses 0.4)")
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.5, ge=0, le=1)
+    amp: Literal["auto", "on", "off"] = "auto"
+    channels_last: bool = False
+    device: str = "auto"
+    nproc: int = Field(1, ge=1, description="processes (GPUs); > 1 launches torchrun")
+    num_workers: int = 4
+    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> SupernetConfig:
+        get_space(self.space)
+        global_batch = self.batch_size * self.nproc
+        if self.queue_size % global_batch:
+            raise ValueError(f"queue_size {self.queue_size} must be a multiple of the global batch "
+                             f"batch_size*nproc = {global_batch}")
+        return self
+
+
+def four_views(views: MocoV2Views, images: torch.Tensor, channels_last: bool = False) -> tuple[torch.Tensor, ...]:
+    """Four independently augmented views of every image, made in one batched call on the device."""
+    with torch.no_grad():
+        x = FourViews(views)(images)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return tuple(x.chunk(4))
+
+
+def pi_step(model: SupernetPi, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, x: tuple[torch.Tensor, ...], alpha: Arch, beta: Arch,
+            info: DistInfo = SINGLE_PROCESS, amp: bool = False) -> torch.Tensor:
+    """One supernet-Pi iteration on views x1..x4 and the path pair (alpha, beta); returns the loss.
+
+    ``student`` is ``TwoPathStudent(model.student)``, possibly DDP-wrapped. Gradients of parameters off both paths
+    are set to None before the step, so SGD's momentum and weight decay leave those candidates untouched.
+    """
+    x1, x2, x3, x4 = x
+    device_type = x1.device.type
+    with torch.autocast(device_type, enabled=amp):
+        q_alpha, q_beta = student(x1, x3, alpha, beta)
+        model.momentum_update(alpha)
+        k_alpha = model.keys(x2, alpha, info)
+        model.momentum_update(beta)
+        k_beta = model.keys(x4, beta, info)
+    loss = model.loss(q_alpha.float(), q_beta.float(), k_alpha.float(), k_beta.float())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    backbone = model.student.backbone
+    on_path = {"backbone." + n for n in backbone.path_parameter_names(alpha) | backbone.path_parameter_names(beta)}
+    on_path |= {"projector." + n for n, _ in model.student.projector.named_parameters()}
+    zero_off_path_grads(model.student, on_path)
+    scaler.step(optimizer)
+    scaler.update()
+    model.enqueue(k_alpha, k_beta, info)
+    return loss.detach()
+
+
+def train_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress: ProgressFn | None = None,
+                   stop_after: int | None = None, on_step: StepHook | None = None) -> dict:
+    """Train (or resume) the supernet; returns a summary.
+
+    ``stop_after`` ends early after that many steps, checkpointing first (an interruption on purpose);
+    ``on_step(step, alpha, beta)`` is called on every rank with the path pair about to be trained.
+    """
+    folder = SupernetDir(out_dir)
+    info = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, info)
+    space = get_space(cfg.space)
+    dataset = ImageFolderDataset(train_dir, cfg.decode_size or round(space.input_size * 8 / 7))
+    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, info)
+    total = max(1, round(cfg.epochs * sampler.batches_per_epoch))
+    global_batch = cfg.batch_size * info.world_size
+    lr = cfg.base_lr * global_batch / cfg.base_batch
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = SupernetPi(PiNASBackbone(space), cfg.projector_hidden, cfg.feature_dim, cfg.queue_size,
+                       cfg.temperature, cfg.ema_momentum).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    student = wrap_ddp(TwoPathStudent(model.student), device, info, find_unused_parameters=True)
+    optimizer = torch.optim.SGD(model.student.parameters(), lr=lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    amp = use_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    augment = MocoV2Views.from_settings(space.input_size, cfg.model_dump()).to(device)
+    path_rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed * 1000 + info.rank + 1)  # per-rank augmentation stream
+
+    def step(i: int, batch) -> dict:
+        images = batch[0].to(device, non_blocking=True)
+        set_lr(optimizer, cosine_lr(lr, i, total))
+        alpha, beta = broadcast_object(space.sample_pair(path_rng) if info.is_main else None, info)
+        if on_step:
+            on_step(i, alpha, beta)
+        loss = pi_step(model, student, optimizer, scaler, four_views(augment, images, cfg.channels_last),
+                       alpha, beta, info, amp)
+        return {"loss": loss, "images": images.shape[0] * info.world_size, "lr": optimizer.param_groups[0]["lr"]}
+
+    loop = TrainLoop(
+        "supernet-Pi", out_dir, total, sampler.batches_per_epoch, step,
+        lambda start: batch_loader(dataset, sampler.iter_from(start), cfg.num_workers, device.type == "cuda"),
+        state={"model": model, "optimizer": optimizer, "scaler": scaler},
+        settings={**cfg.settings(), "train_images": len(dataset), "classes": dataset.classes},
+        hooks=default_hooks(out_dir, cfg.log_every, cfg.checkpoint_every, progress), info=info, np_rng=path_rng,
+        device=device, description=f"space {space.name}, {len(dataset)} images, {total} steps "
+                                   f"({sampler.batches_per_epoch}/epoch), global batch {global_batch}, lr {lr:.4g}, "
+                                   f"device {device}")
+    model.train()
+    stopped = loop.run(stop_after)
+    if stopped is not None:
+        return {"stopped_at": stopped}
+    if info.is_main:
+        folder.write(model, cfg.model_dump(mode="json"), train_dir)
+    barrier(info)
+    return _summary(folder)
+
+
+def run_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress: ProgressFn | None = None) -> dict:
+    """The stage: train in this process (or under torchrun for ``cfg.nproc > 1``), then write the manifest."""
+    folder = SupernetDir(out_dir)
+    finished = finished_run(folder, cfg)
+    if finished is not None:
+        return finished
+    folder.path.mkdir(parents=True, exist_ok=True)
+    if cfg.nproc == 1:
+        train_supernet(cfg, train_dir, folder.path, progress)
+    else:
+        atomic_write_json(folder / "launch_config.json", cfg.model_dump(mode="json"))
+        run_module("pinas.stages.supernet", ["--config", str(folder / "launch_config.json"),
+                                             "--train-dir", str(train_dir), "--out", str(folder.path)],
+                   nproc=cfg.nproc)
+    return folder.write_manifest(SupernetDir.OUTPUTS, cfg.model_dump(mode="json"), metrics=_summary(folder))
+
+
+def _summary(folder: SupernetDir) -> dict:
+    """Steps done and the loss at the first and last logged step, from ``metrics.jsonl``."""
+    records = read_step_log(folder / SupernetDir.STEP_LOG)
+    return {"steps": records[-1]["step"] if records else 0,
+            "first_loss": records[0]["loss"] if records else None,
+            "final_loss": records[-1]["loss"] if records else None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Supernet-Pi training (one process; torchrun starts several)")
+    parser.add_argument("--config", required=True, type=Path, help="JSON of SupernetConfig")
+    parser.add_argument("--train-dir", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = SupernetConfig.model_validate(json.loads(args.config.read_text()))
+    train_supernet(cfg, args.train_dir, args.out, stop_after=args.stop_after)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()
