@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pinas.export import export_onnx, quantize_int8  # noqa: E402
-
 from pinas.deploy.latency import compare  # noqa: E402
+from pinas.deploy.onnx_export import export_onnx  # noqa: E402
+from pinas.deploy.quantize import quantize_int8  # noqa: E402
 from pinas.models.backbone import Classifier, build_subnet  # noqa: E402
 from pinas.space import get_space  # noqa: E402
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pinas.models.backbone import Classifier, build_subnet  # noqa: E402
 from pinas.space import get_space  # noqa: E402
-from pinas.stages.retrain import DEMO_OVERRIDES, RetrainAugment, RetrainConfig, param_groups  # noqa: E402
+from pinas.stages.retrain import DEMO_OVERRIDES, RetrainConfig, param_groups, training_augment  # noqa: E402
 
 GOALS = {"paper_augment": 0.5, "demo_augment": 0.25}
 
@@ -44,7 +44,7 @@ def main() -> None:
     labels = torch.randint(0, 5, (args.batch,))
     model = Classifier(build_subnet(get_space("demo"), demo.arch), 5)
     optimizer = torch.optim.SGD(param_groups(model, 1e-4), lr=0.01, momentum=0.9)
-    augment = {"demo_augment": RetrainAugment(demo), "paper_augment": RetrainAugment(paper)}
+    augment = {"demo_augment": training_augment(demo), "paper_augment": training_augment(paper)}
     x = augment["demo_augment"](images)
 
     def step() -> None:

@@ -31,12 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pinas.evaluator import EvaluatorConfig, Timings, build_evaluator, load_trained_supernet
 from torch import nn
 
 from pinas.data.demo import DemoDataSpec, generate_imagenet
+from pinas.io.stage_dirs import SupernetDir
 from pinas.models.backbone import extract_subnet
-from pinas.search import SearchConfig, run_search
+from pinas.search.evaluation import EvaluatorConfig, build_evaluator
+from pinas.search.proxies import Timings
+from pinas.stages.search import SearchConfig, run_search
 from pinas.stages.supernet import SupernetConfig, run_supernet
 
 log = logging.getLogger("bench")
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.supernet_epochs, args.archs, args.random_archs = min(args.supernet_epochs, 0.5), 3, 6
     data = generate_imagenet(args.workdir / "data", DemoDataSpec(seed=0))
     supernet_dir = args.supernet_dir or demo_supernet(args.workdir, data, args.supernet_epochs)
-    model, _ = load_trained_supernet(supernet_dir)
+    model = SupernetDir(supernet_dir).load()
     space = model.space
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(args.archs + 1)]

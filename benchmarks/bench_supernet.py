@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pinas.data import MocoV2Views
+from pinas.data.transforms import MocoV2Views
 from pinas.models.backbone import PiNASBackbone
 from pinas.models.supernet_pi import SupernetPi, TwoPathStudent, info_nce
 from pinas.space import get_space

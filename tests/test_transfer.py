@@ -102,7 +102,8 @@ def test_bad_inputs_fail_before_training(data, tmp_path):
 
 @pytest.mark.slow
 def test_mask_rcnn_demo_learns_boxes_and_masks(data, tmp_path):
-    result = _run("coco", data, tmp_path)
+    # 60 of the demo config's 200 iterations: box / mask AP about 0.08 here, well clear of zero, in a third the time
+    result = _run("coco", data, tmp_path, max_iters=60)
     metrics = result["metrics"]
     assert metrics["coco/bbox_mAP"] > 0 and metrics["coco/segm_mAP"] > 0, metrics
     assert json.loads((tmp_path / METRICS_FILE).read_text()) == result

@@ -173,14 +173,19 @@ def write_manifest(stage_dir: str | os.PathLike, stage: str, files: list[str], c
     return manifest
 
 
-def read_manifest(stage_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(stage_dir) / MANIFEST
+def read_json(path: str | os.PathLike, missing: str = "missing") -> Any:
+    """A JSON file, or :class:`ArtifactError` naming it when it is missing (``missing`` says why) or corrupted."""
+    path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"{path}: no manifest (the stage did not finish)")
+        raise ArtifactError(f"{path}: {missing}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: corrupted manifest ({exc})") from exc
+        raise ArtifactError(f"{path}: corrupted, not valid JSON ({exc})") from exc
+
+
+def read_manifest(stage_dir: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(stage_dir) / MANIFEST, "no manifest (the stage did not finish)")
 
 
 def verify_manifest(stage_dir: str | os.PathLike) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pinas.io.artifacts import (
     atomic_write_bytes,
     atomic_write_json,
     load_tensors,
+    read_json,
     read_manifest,
     verify_manifest,
     write_manifest,
@@ -28,15 +29,6 @@ from pinas.io.artifacts import (
 from pinas.models.backbone import Classifier, PiNASBackbone, build_subnet
 from pinas.models.supernet_pi import SupernetPi
 from pinas.space import get_space
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
 
 
 class StageDir:
@@ -128,7 +120,7 @@ class ProbeDir(StageDir):
         state = load_tensors(self / self.ARTIFACT)
         head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
         head.load_state_dict(state)
-        return head.to(device).eval(), _read_json(self / self.INFO)
+        return head.to(device).eval(), read_json(self / self.INFO)
 
 
 # ------------------------------------------------------------------------------------------------------ search
@@ -159,7 +151,7 @@ class SearchDir(StageDir):
         atomic_write_json(self / self.RESULT, result)
 
     def result(self) -> dict[str, Any]:
-        return _read_json(self / self.RESULT)
+        return read_json(self / self.RESULT)
 
     def candidates(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in (self / self.CANDIDATES).read_text().splitlines() if line.strip()]
@@ -189,7 +181,7 @@ class RetrainDir(StageDir):
             if not (self / name).is_file():
                 raise ArtifactError(f"{self / name}: missing (the retrain stage writes {self.MODEL} and "
                                     f"{self.MODEL_CONFIG})")
-        config = _read_json(self / self.MODEL_CONFIG)
+        config = read_json(self / self.MODEL_CONFIG)
         missing = [k for k in ("space", "arch", "num_classes", "input_size") if k not in config]
         if missing:
             raise ArtifactError(f"{self / self.MODEL_CONFIG}: missing field(s) {', '.join(missing)}")
@@ -201,7 +193,7 @@ class RetrainDir(StageDir):
 
     def metrics(self) -> dict[str, Any]:
         path = self / self.METRICS
-        return _read_json(path) if path.is_file() else {}
+        return read_json(path) if path.is_file() else {}
 
     def load_classifier(self, device: str | torch.device = "cpu") -> Classifier:
         """The retrained classifier in eval mode (tensor-only load); errors name the file and what is wrong."""
@@ -246,7 +238,7 @@ class TransferDir(StageDir):
         atomic_write_json(self / self.METRICS, result)
 
     def metrics(self) -> dict[str, Any]:
-        return _read_json(self / self.METRICS)
+        return read_json(self / self.METRICS)
 
 
 # ------------------------------------------------------------------------------------------------------ export

@@ -136,6 +136,12 @@ class RetrainConfig(StageConfig):
         return self.decode_size or round(self.crop_size * 8 / 7)
 
 
+def training_augment(cfg: RetrainConfig) -> RetrainAugment:
+    """The recipe's training views with this config's strengths (a zero turns a step off)."""
+    return RetrainAugment(cfg.crop_size, cfg.crop_scale, cfg.crop_ratio, cfg.randaug_n, cfg.randaug_m,
+                          cfg.color_jitter, cfg.lighting)
+
+
 def param_groups(model: nn.Module, weight_decay: float, no_bn_bias_decay: bool = True) -> list[dict]:
     """Two SGD groups: weights with decay, and (``--no-bn-wd``) every 1-d parameter -- BN gammas/betas and biases --
     without. Decaying BN gammas pulls the zero-initialised last gammas towards 0 and fights the normalisation."""
@@ -246,8 +252,7 @@ def train_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path,
                                 momentum=cfg.momentum)
     amp = use_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    augment = RetrainAugment(cfg.crop_size, cfg.crop_scale, cfg.crop_ratio, cfg.randaug_n, cfg.randaug_m,
-                             cfg.color_jitter, cfg.lighting).to(device)
+    augment = training_augment(cfg).to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     torch.manual_seed(cfg.seed * 1000 + info.rank + 1)  # per-rank augmentation stream
 

@@ -1,0 +1,71 @@
+"""The package layout keeps its promises: no import cycles, and no stage reads another stage's code.
+
+Module-level and function-level imports both count (a cycle hidden inside a function is still a cycle).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The pinas / flows modules ``path`` imports (a package import counts as its ``__init__``)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x / from ..y import z
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> nx.DiGraph:
+    files = [p for top in ("pinas", "flows") for p in (ROOT / top).rglob("*.py")]
+    modules = {_module_name(p): p for p in files}
+    graph = nx.DiGraph()
+    for name, path in modules.items():
+        graph.add_node(name)
+        graph.add_edges_from((name, target) for target in _imports(path, name, set(modules)))
+    return graph
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert len(graph) > 40  # the walk found the package
+    cycles = list(nx.simple_cycles(graph))
+    assert not cycles, cycles
+
+
+def test_stages_do_not_import_each_other():
+    graph = import_graph()
+    stages = {n for n in graph if n.startswith("pinas.stages.") and n != "pinas.stages.common"}
+    for stage in stages:
+        others = sorted(t for t in graph.successors(stage) if t in stages)
+        assert not others, f"{stage} imports {others}: read other stages' outputs through pinas.io.stage_dirs"
+
+
+def test_the_library_does_not_import_the_flows():
+    graph = import_graph()
+    offenders = [(a, b) for a, b in graph.edges if a.startswith("pinas") and b.startswith("flows")]
+    assert not offenders, offenders
