@@ -51,6 +51,12 @@ class Hook:
 
     def after_run(self, loop: TrainLoop) -> None: ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """What this hook must carry across a resume (kept in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 class TrainLoop:
     """Run ``step_fn`` from the last checkpoint (or step 0) to ``total_steps``; see the module docstring."""
@@ -61,7 +67,7 @@ class TrainLoop:
                  device: torch.device | str = "cpu", description: str = ""):
         self.name, self.out_dir = name, Path(out_dir)
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
-        reserved = set(state) & {"rng", "step", "history", "wall_s", "settings"}
+        reserved = set(state) & {"rng", "step", "history", "wall_s", "settings", "hooks"}
         if reserved:
             raise ValueError(f"state names {sorted(reserved)} are reserved for the loop's own checkpoint entries")
         self.step_fn, self.batches, self.state, self.settings = step_fn, batches, state, settings
@@ -98,6 +104,8 @@ class TrainLoop:
             log.warning("checkpoint has RNG states for %d ranks, running %d: streams re-seeded", len(rngs),
                         self.info.world_size)
         self.history, self._wall_before = list(ckpt["history"]), float(ckpt["wall_s"])
+        for hook in self.hooks:
+            hook.load_state_dict(ckpt["hooks"].get(type(hook).__name__, {}))
         return int(ckpt["step"])
 
     def save(self) -> None:
@@ -106,7 +114,8 @@ class TrainLoop:
         if self.info.is_main:
             self.checkpointer.save({**{k: obj.state_dict() for k, obj in self.state.items()}, "rng": rngs,
                                     "step": self.step, "history": self.history, "wall_s": self.wall_s,
-                                    "settings": self.settings}, self.step)
+                                    "settings": self.settings,
+                                    "hooks": {type(h).__name__: h.state_dict() for h in self.hooks}}, self.step)
 
     # ---------------------------------------------------------------------------------------------- running
     def call(self, event: str, *args: Any) -> None:
@@ -167,22 +176,33 @@ class LoggerHook(Hook):
     def __init__(self, path: Path, log_every: int, progress: ProgressFn | None = None, max_interval_s: float = 10.0):
         self.path, self.log_every, self.progress, self.max_interval_s = path, log_every, progress, max_interval_s
         self.steplog: StepLog | None = None
+        self._timed, self._reported = 0, time.perf_counter()
+        self._reset()
 
     def before_run(self, loop: TrainLoop) -> None:
         if loop.info.is_main:
             self.steplog = StepLog(self.path, loop.start)
-        self._reset()
-        self._reported = time.perf_counter()
+        self._timed, self._reported = 0, time.perf_counter()
 
     def _reset(self) -> None:
         self._sums: dict[str, Any] = {}
-        self._images, self._lr, self._t = 0, None, time.perf_counter()
+        self._images, self._lr = 0, None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The open window, so a resumed run logs the same means as one never interrupted."""
+        return {"sums": {k: float(v) for k, v in self._sums.items()}, "images": self._images, "lr": self._lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._reset()
+        if state:
+            self._sums, self._images, self._lr = dict(state["sums"]), int(state["images"]), state["lr"]
 
     def after_step(self, loop: TrainLoop, outputs: dict[str, Any]) -> None:
         if self.steplog is None:
             return
         n = outputs.get("images", 1)
         self._images += n
+        self._timed += n
         self._lr = outputs.get("lr", self._lr)
         for key, value in outputs.items():
             if key not in ("images", "lr"):
@@ -196,7 +216,7 @@ class LoggerHook(Hook):
         record.update({k: round(float(v) / max(self._images, 1), 5) for k, v in self._sums.items()})
         if self._lr is not None:
             record["lr"] = self._lr
-        record["images_per_s"] = round(self._images / max(now - self._t, 1e-9), 2)
+        record["images_per_s"] = round(self._timed / max(now - self._reported, 1e-9), 2)  # since the last report
         self._report(loop, "step", record)
         if to_file:
             self.steplog.write(record)
@@ -212,7 +232,7 @@ class LoggerHook(Hook):
         log.info("%s %s step %d/%d (epoch %.3g): %s", loop.name, kind, loop.step, loop.total_steps, loop.epoch, shown)
         if self.progress:
             self.progress(loop.step, loop.total_steps, record)
-        self._reported = time.perf_counter()
+        self._timed, self._reported = 0, time.perf_counter()
 
 
 class CheckpointHook(Hook):
