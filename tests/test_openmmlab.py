@@ -1,12 +1,16 @@
 """The OpenMMLab backbone: registry, arguments users of ResNet expect, strict pretrained loading, stock configs."""
 from __future__ import annotations
 
+import argparse
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mmdet.registry import MODELS as DET_MODELS
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
+from mmengine.logging import HistoryBuffer
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS as SEG_MODELS
 from torch import nn
@@ -128,15 +132,58 @@ def test_stock_mmdet_mask_rcnn_config_with_only_the_backbone_swapped(tmp_path):
 
 
 def test_stock_mmseg_deeplabv3_config_with_only_the_backbone_swapped(tmp_path):
-    cfg = _write_config(tmp_path, (
-        "_base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py'\n"
-        "custom_imports = dict(imports=['pinas.openmmlab'], allow_failed_imports=False)\n"
-        "model = dict(backbone=dict(_delete_=True, type='PiNASResNeSt', arch='pinas-trans',\n"
-        "                           strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)))\n"))
+    text = ("_base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py'\n"
+            "custom_imports = dict(imports=['pinas.openmmlab'], allow_failed_imports=False)\n"
+            "model = dict({}backbone=dict(_delete_=True, type='PiNASResNeSt', arch='pinas-trans',\n"
+            "                           strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)))\n")
     init_default_scope("mmseg")
-    segmentor = SEG_MODELS.build(cfg.model).eval()
-    # the stock `pretrained='open-mmlab://resnet50_v1c'` reaches the backbone as its init_cfg
-    assert segmentor.backbone.init_cfg == dict(type="Pretrained", checkpoint="open-mmlab://resnet50_v1c")
+    # the stock `pretrained='open-mmlab://resnet50_v1c'` reaches the backbone: said as such, not as a missing file
+    with pytest.raises(ValueError, match=r"pretrained='open-mmlab://resnet50_v1c' comes from the stock base "
+                                         r"config's model.pretrained .* set model.pretrained=None"):
+        SEG_MODELS.build(_write_config(tmp_path, text.format("")).model)
+    segmentor = SEG_MODELS.build(_write_config(tmp_path, text.format("pretrained=None, ")).model).eval()
     with torch.no_grad():
         feats = segmentor.extract_feat(torch.randn(1, 3, 64, 64))
     assert [tuple(f.shape[1:]) for f in feats] == [(256, 16, 16), (512, 8, 8), (1024, 8, 8), (2048, 8, 8)]
+
+
+def test_an_architecture_given_as_a_number_is_a_clear_error(tmp_path):
+    """MMEngine's --cfg-options turns 01231032 into the int 1231032; the error says how to write it instead."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    options = parser.parse_args(["--cfg-options", "model.backbone.arch=01231032"]).cfg_options
+    assert options == {"model.backbone.arch": 1231032}  # what the stock tools hand over
+    cfg = Config.fromfile(str(CONFIGS / "demo_mask-rcnn_coco.py"))
+    cfg.merge_from_dict(options)
+    init_default_scope("mmdet")
+    with pytest.raises(ArchError, match=r"arrived as the number 1231032 .* did you mean "
+                                        r"model.backbone.arch='01-23-10-32'"):
+        DET_MODELS.build(cfg.model)
+    with pytest.raises(ArchError, match=r"number 99 .* e.g. model.backbone.arch='11-11-11-11'"):
+        PiNASResNeSt(arch=99, space="demo")
+    dashed = parser.parse_args(["--cfg-options", "model.backbone.arch=01-23-10-32"]).cfg_options
+    assert PiNASResNeSt(arch=dashed["model.backbone.arch"], space="demo").arch == (0, 1, 2, 3, 1, 0, 3, 2)
+
+
+class _AsksForGetattr:
+    """Pickles as ``getattr(HistoryBuffer, '__init__')``: the shape of the getattr calls HistoryBuffer's pickles make,
+    aimed at something that is not one of its statistics."""
+
+    def __reduce__(self):
+        return getattr, (HistoryBuffer, "__init__")
+
+
+def test_weights_only_loads_accept_mmengine_history_and_nothing_more(tmp_path):
+    import pinas.openmmlab  # noqa: F401  (what custom_imports does)
+
+    buffer = HistoryBuffer()
+    for value in (1.0, 2.5, np.float64(4.0)):
+        buffer.update(value)
+    torch.save({"message_hub": {"log_scalars": {"loss": buffer}, "runtime_info": {"eta": np.float64(3.0),
+                                                                                   "iter": np.int64(7)}}},
+               tmp_path / "hub.pth")
+    loaded = torch.load(tmp_path / "hub.pth", weights_only=True)["message_hub"]
+    assert loaded["log_scalars"]["loss"].mean() == buffer.mean() and loaded["runtime_info"]["iter"] == 7
+    torch.save({"x": _AsksForGetattr()}, tmp_path / "sneaky.pth")
+    with pytest.raises(pickle.UnpicklingError, match="allows only HistoryBuffer's statistics"):
+        torch.load(tmp_path / "sneaky.pth", weights_only=True)

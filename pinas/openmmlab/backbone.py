@@ -22,14 +22,49 @@ from pathlib import Path
 import torch
 from mmcv.cnn import build_norm_layer
 from mmdet.registry import MODELS as MMDET_MODELS
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS as MMSEG_MODELS
 from torch import nn
 
 from pinas.models.backbone import PiNASBackbone
-from pinas.space import ArchError, get_space
+from pinas.space import Arch, ArchError, SearchSpace, get_space
 
 _CANDIDATE_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.candidates\.(\d+)\.")
+
+
+def parse_arch(arch: str | Sequence[int] | int, space: SearchSpace) -> Arch:
+    """The architecture, or an :class:`ArchError` that says how to write it.
+
+    A number is refused rather than guessed at: MMEngine's ``--cfg-options model.backbone.arch=01231032`` reads the
+    digits as the int 1231032 (the leading zero is gone), so the message suggests the stage-grouped spelling, which
+    stays a string on every command line.
+    """
+    if isinstance(arch, int) and not isinstance(arch, bool):
+        digits = str(arch).zfill(space.num_layers)
+        try:
+            hint = f"; did you mean model.backbone.arch='{space.format(space.parse(digits))}'?"
+        except ArchError:
+            hint = f", e.g. model.backbone.arch='{space.format(space.default_arch())}'"
+        raise ArchError(f"PiNASResNeSt: arch arrived as the number {arch} (a command line such as --cfg-options "
+                        "turns a digit string into an int and drops its leading zeros); write the architecture "
+                        f"grouped by stage with dashes{hint}")
+    try:
+        return space.parse(arch)
+    except ArchError as err:
+        raise ArchError(f"PiNASResNeSt: bad arch for space {space.name!r}: {err}") from None
+
+
+def _check_pretrained(pretrained: str, init_cfg: dict | list | None) -> None:
+    """Explain the stock configs' ``model.pretrained`` (a ResNet-50 checkpoint URL) when it reaches this backbone."""
+    if "://" in str(pretrained):
+        raise ValueError(f"PiNASResNeSt: pretrained={pretrained!r} comes from the stock base config's "
+                         "model.pretrained (a ResNet checkpoint, which does not fit a Pi-NAS backbone); set "
+                         "model.pretrained=None in your config and give the retrained weights as "
+                         "model.backbone.init_cfg=dict(type='Pretrained', checkpoint='<retrain stage>/model.pt')")
+    if init_cfg is not None:
+        raise ValueError("PiNASResNeSt: give init_cfg or pretrained, not both (set model.pretrained=None when the "
+                         "backbone has an init_cfg)")
 
 
 class PiNASResNeSt(BaseModule):
@@ -37,7 +72,7 @@ class PiNASResNeSt(BaseModule):
 
     Args:
         arch: architecture string of ``space`` (``"3333-..."``, digits, a list literal, or a named arch such as
-            ``"pinas-trans"``).
+            ``"pinas-trans"``); a number is refused (see :func:`parse_arch`).
         space: search-space preset name (``"resnest50"`` or ``"demo"``).
         out_indices: stages whose outputs are returned (0-based).
         frozen_stages: -1 trains everything; 0 freezes the stem; k freezes the stem and stages 1..k
@@ -54,15 +89,11 @@ class PiNASResNeSt(BaseModule):
                  strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
                  init_cfg: dict | list | None = None, pretrained: str | None = None):
         if pretrained is not None:  # the older `pretrained=PATH` convention (set by mmseg's EncoderDecoder)
-            if init_cfg is not None:
-                raise ValueError("PiNASResNeSt: give init_cfg or pretrained, not both")
+            _check_pretrained(pretrained, init_cfg)
             init_cfg = {"type": "Pretrained", "checkpoint": pretrained}
         super().__init__(init_cfg=init_cfg)
         self.space = get_space(space)
-        try:
-            self.arch = self.space.parse(arch)
-        except ArchError as err:
-            raise ArchError(f"PiNASResNeSt: bad arch for space {space!r}: {err}") from None
+        self.arch = parse_arch(arch, self.space)
         n_stages = len(self.space.depths)
         self.out_indices = tuple(out_indices)
         if not self.out_indices or any(not 0 <= i < n_stages for i in self.out_indices):
@@ -128,6 +159,9 @@ class PiNASResNeSt(BaseModule):
 
     def load_classifier_checkpoint(self, path: str | Path, prefix: str = "backbone.") -> None:
         """Load the ``prefix``-ed keys of a tensor-only state dict (a :class:`Classifier` or a bare backbone)."""
+        if "://" in str(path):
+            raise FileNotFoundError(f"PiNASResNeSt: pretrained checkpoint {str(path)!r} is a URL; give the path of "
+                                    "a retrain stage's model.pt (or another local tensor-only state dict)")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"PiNASResNeSt: pretrained checkpoint {path} does not exist")
@@ -148,6 +182,8 @@ class PiNASResNeSt(BaseModule):
             raise ValueError(f"PiNASResNeSt: checkpoint {path} has other tensor shapes than space "
                              f"{self.space.name!r} (checkpoint vs model): {wrong[:3]}")
         self.load_state_dict(state, strict=True)
+        print_log(f"PiNASResNeSt: loaded {len(state)} tensors of {self.space.name} {self.space.format(self.arch)} "
+                  f"from {path}", logger="current")
 
     def _explain_mismatch(self, state: dict, missing: list[str], unexpected: list[str]) -> str:
         """Name the layers whose candidate differs when the keys tell, else list a few missing/unexpected keys."""

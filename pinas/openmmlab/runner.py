@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+import pinas.openmmlab  # noqa: F401  (the backbone, and the globals MMEngine's checkpoints need)
 from pinas.io.stage_dirs import TransferDir
-from pinas.openmmlab.checkpoints import allow_resume_globals
 from pinas.space import get_space
 
 BACKBONE_TYPE = "PiNASResNeSt"
@@ -196,8 +196,7 @@ def run_transfer(config: str | Path, work_dir: Path, *, arch: str, space: str, b
                                          "space": cfg.model.backbone.space})
     record = _metrics_hook()
     runner.register_hook(record)
-    with allow_resume_globals():
-        runner.train()
+    runner.train()
     metrics = record.metrics
     if metrics is None or record.metrics_iter != runner.iter:
         metrics = runner.val()  # the final weights were not validated in this call (e.g. resumed a finished run)
