@@ -18,12 +18,12 @@ import torch
 
 from pinas.data import transforms as pinas_data
 from pinas.deploy import predict as onnx_predict
-from pinas.deploy.onnx_export import ExportError, StageFeatures
+from pinas.deploy.onnx_export import STAGE_NAMES, ExportError, StageFeatures, export_onnx
 from pinas.deploy.parity import ParityError, check_parity, eval_dataset, iter_batches
 from pinas.deploy.predict import OnnxClassifier
 from pinas.io.artifacts import MANIFEST, sha256_file, verify_manifest
 from pinas.io.stage_dirs import RetrainDir
-from pinas.models.backbone import Classifier, build_subnet
+from pinas.models.backbone import Classifier, PiNASBackbone, build_subnet
 from pinas.space import get_space
 from pinas.stages.export import ExportConfig, run_export
 
@@ -256,3 +256,19 @@ def test_inputs_are_validated_before_export(retrain_dir, imagenet, tmp_path):
     with pytest.raises(ValueError, match="(?i)extra"):
         ExportConfig(tolerance=1e-3)
     assert not (tmp_path / "out").exists()
+
+
+def test_output_stride_8_backbone_exports_and_matches_torch(tmp_path):
+    """The dilated backbone of the segmentation transfers (stride-1 avd pools, contracted dilations) in ONNX."""
+    torch.manual_seed(0)
+    backbone = PiNASBackbone(get_space("demo"), ARCH, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)).eval()
+    with torch.no_grad():
+        for m in backbone.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.running_var.uniform_(0.5, 2.0)
+    features = StageFeatures(backbone)
+    info = export_onnx(features, tmp_path / "os8.onnx", 64, STAGE_NAMES)
+    images = torch.randn(5, 3, 64, 64)
+    report = check_parity(tmp_path / "os8.onnx", features, images, tolerance_abs=1e-3)
+    assert report["max_abs_diff"] < 1e-3 and info["outputs"]["stage4"][1:] == [512, 8, 8]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pinas.models.blocks import CandidateBlock, DeepStem, NormLayer, init_weights, make_shortcut
+from pinas.models.blocks import CandidateBlock, DeepStem, NormLayer, block_geometry, init_weights, make_shortcut
 from pinas.space import Arch, SearchSpace, iter_stage_layers
 
 
@@ -20,11 +20,11 @@ class ChoiceLayer(nn.Module):
     """One searchable bottleneck position: candidate residual branches plus the shortcut they share."""
 
     def __init__(self, in_channels: int, planes: int, space: SearchSpace, choices: Sequence[int], stride: int,
-                 dilation: int, norm_layer: NormLayer):
+                 dilation: int, norm_layer: NormLayer, avd: bool | None = None):
         super().__init__()
         self.candidates = nn.ModuleDict({
             str(c): CandidateBlock(in_channels, planes, space.candidates[c], stride, dilation,
-                                   space.min_attention_width, norm_layer)
+                                   space.min_attention_width, norm_layer, avd)
             for c in choices})
         self.downsample = make_shortcut(in_channels, planes * 4, stride, norm_layer)
 
@@ -45,7 +45,8 @@ class PiNASBackbone(nn.Module):
 
     ``forward(x, arch)`` runs one path and returns the globally pooled feature, or the four stage outputs with
     ``return_stages=True`` (for detection / segmentation). ``strides`` and ``dilations`` per stage allow output
-    stride 8 for DeepLabV3 (strides (1, 2, 1, 1), dilations (1, 1, 2, 4)).
+    stride 8 for DeepLabV3 (strides (1, 2, 1, 1), dilations (1, 1, 2, 4)), built by ResNeSt's rules for dilated
+    stages (:func:`pinas.models.blocks.block_geometry`).
     """
 
     def __init__(self, space: SearchSpace, arch: Sequence[int] | str | None = None,
@@ -69,8 +70,8 @@ class PiNASBackbone(nn.Module):
             for block in range(depth):
                 layer_idx = len(layers)
                 choices = all_choices if self.fixed_arch is None else (self.fixed_arch[layer_idx],)
-                stride = strides[stage] if block == 0 else 1
-                layer = ChoiceLayer(in_ch, space.planes[stage], space, choices, stride, dilations[stage], norm_layer)
+                stride, dilation, avd = block_geometry(stage, block, strides[stage], dilations[stage])
+                layer = ChoiceLayer(in_ch, space.planes[stage], space, choices, stride, dilation, norm_layer, avd)
                 blocks.append(layer)
                 layers.append(layer)
                 in_ch = space.planes[stage] * 4

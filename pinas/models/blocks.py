@@ -73,11 +73,14 @@ class SplitAttentionConv(nn.Module):
 class CandidateBlock(nn.Module):
     """The residual branch of one candidate bottleneck (the shortcut is owned by the layer, shared by candidates).
 
-    conv1x1 -> BN -> ReLU -> split-attention 3x3 -> [avd avg-pool when strided] -> conv1x1 -> BN (gamma 0).
+    conv1x1 -> BN -> ReLU -> split-attention 3x3 (padding = dilation) -> [avd avg-pool] -> conv1x1 -> BN (gamma 0).
+    ``avd`` puts the block's stride into an ``AvgPool2d(3, stride, padding=1)`` after the 3x3 conv; ResNeSt (and
+    Pi-NAS's copy of it) keeps that pool in the first block of stages 2-4 even where a dilated network makes the
+    stride 1, so there it is a stride-1 3x3 box filter (see :func:`block_geometry`).
     """
 
     def __init__(self, in_channels: int, planes: int, candidate: Candidate, stride: int, dilation: int,
-                 min_attention_width: int, norm_layer: NormLayer):
+                 min_attention_width: int, norm_layer: NormLayer, avd: bool | None = None):
         super().__init__()
         gw = candidate.group_width(planes)
         self.conv1 = nn.Conv2d(in_channels, gw, 1, bias=False)
@@ -86,7 +89,7 @@ class CandidateBlock(nn.Module):
             gw, candidate.radix, candidate.cardinality, candidate.attention_width(planes, min_attention_width),
             norm_layer, dilation)
         # ResNeSt "avd": the stride sits in an avg-pool after the 3x3 conv instead of in the conv itself
-        self.avd = nn.AvgPool2d(3, stride, 1) if stride > 1 else nn.Identity()
+        self.avd = nn.AvgPool2d(3, stride, 1) if (stride > 1 if avd is None else avd) else nn.Identity()
         self.conv3 = nn.Conv2d(gw, planes * EXPANSION, 1, bias=False)
         self.bn3 = norm_layer(planes * EXPANSION)
 
@@ -94,6 +97,21 @@ class CandidateBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.avd(self.split_attention(out))
         return self.bn3(self.conv3(out))
+
+
+def block_geometry(stage: int, block: int, stride: int, dilation: int) -> tuple[int, int, bool]:
+    """(stride, dilation, avd) of one bottleneck in a stage of the given ``stride`` and ``dilation``.
+
+    The rules of ResNeSt's dilated network (the PyTorch-Encoding backbone Pi-NAS's segmentation results come from):
+    only the stage's first block strides; that block runs at the *contracted* dilation (half the stage's: 1 in a
+    dilation-2 stage, 2 in a dilation-4 stage) and the rest at the stage's dilation; and the first block of every
+    stage but the first keeps its avd pool whatever its stride (``is_first``), so at output stride 8 the first
+    blocks of stages 3 and 4 smooth with a stride-1 ``AvgPool2d(3, 1, 1)``. At output stride 32 this is the plain
+    network: stride-2 avd pools in the first blocks of stages 2-4.
+    """
+    if block:
+        return 1, dilation, False
+    return stride, max(1, dilation // 2), stride > 1 or stage > 0
 
 
 def make_shortcut(in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer) -> nn.Module | None:
