@@ -1,15 +1,14 @@
 """Where each stage's data comes from: generated demo data, or the user's dataset folders, checked before training.
 
-``resolve_datasets`` returns the dataset roots a run uses and a cheap fingerprint of each, which goes into the
-cache keys of the stages that read it (hashing every ImageNet file would take longer than some stages). Folders
-are checked for the layout the stages expect, so a wrong path fails at once with the field and path in the message,
-not an hour into training.
+``resolve_datasets`` returns the dataset roots a run uses and a fingerprint of each
+(:mod:`pinas.data.fingerprint`: names, sizes, mtimes, annotation contents), which goes into the cache keys of the
+stages that read it, so changed data is never served from the cache. Folders are checked for the layout the stages
+expect, so a wrong path fails at once with the field and path in the message, not an hour into training.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -17,8 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from pinas.data.demo import DemoDataSpec, generate_all
+from pinas.data.fingerprint import DigestCache, fingerprint_tree
 
 DATASETS = ("imagenet", "coco", "ade20k", "cityscapes")
+FINGERPRINT_CACHE = "annotation-digests.json"  # under <run root>/data/
 
 #: sub-paths each dataset root must contain (the stock OpenMMLab / ImageFolder layouts)
 REQUIRED_LAYOUT = {
@@ -55,23 +56,6 @@ def check_layout(name: str, root: Path) -> None:
             raise DatasetError(f"data.{name}: {root} is not in the {name} layout: {root / rel} is missing")
 
 
-def fingerprint(root: Path) -> str:
-    """A cheap identity of a dataset folder: its resolved path and the names and sizes of files two levels down
-    (class folders for ImageNet, split folders elsewhere), or the generator's manifest when there is one."""
-    manifest = root / "manifest.json"
-    h = hashlib.sha256()
-    if manifest.is_file():
-        h.update(manifest.read_bytes())
-        return h.hexdigest()
-    h.update(str(root.resolve()).encode())
-    for top in sorted(p for p in root.iterdir() if p.is_dir()):
-        for sub in sorted(os.scandir(top), key=lambda e: e.name):
-            h.update(f"{top.name}/{sub.name}".encode())
-            if sub.is_dir():
-                h.update(str(sum(1 for _ in os.scandir(sub.path))).encode())
-    return h.hexdigest()
-
-
 def check_folders(cfg: DataConfig, needed: tuple[str, ...]) -> None:
     """Before anything runs: user-given dataset folders exist and have their layout (generated data is made later)."""
     if cfg.source == "folders":
@@ -91,10 +75,11 @@ def resolve_datasets(cfg: DataConfig, run_root: Path, needed: tuple[str, ...] = 
     else:
         check_folders(cfg, needed)
         chosen = {name: Path(getattr(cfg, name)).expanduser() for name in needed}
+    cache = DigestCache(Path(run_root) / "data" / FINGERPRINT_CACHE)
     out = {}
     for name, root in chosen.items():
         check_layout(name, root)
-        out[name] = {"path": str(root), "fingerprint": fingerprint(root)}
+        out[name] = {"path": str(root), "fingerprint": fingerprint_tree(root, cache)}
     return out
 
 
