@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,15 @@ from pinas.config import ConfigError, load_config, needed_datasets
 from pinas.data.sources import DatasetError, check_folders
 from pinas.io.artifacts import RunRootError, check_writable_dir
 from pinas.io.locking import FolderBusyError
+from pinas.preflight import PreflightError
 from pinas.space import ArchError
 
 EXIT_BAD_INPUT = 2
+EXIT_STAGE_FAILED = 1
+
+
+class NoPrefectAPI(RuntimeError):
+    """No Prefect API could be reached or started."""
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -67,9 +74,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.profile, parse_sets(args.set))
     check_writable_dir(args.run_dir)
     check_folders(config.data, needed_datasets(config))
-    from flows.pipeline import pinas_pipeline  # imports Prefect: only once the config is known to be good
+    from flows.pipeline import StagesFailed, pinas_pipeline  # imports Prefect: once the config is known to be good
 
-    summary = pinas_pipeline(config=config, run_root=str(args.run_dir))
+    try:
+        summary = pinas_pipeline(config=config, run_root=str(args.run_dir))
+    except StagesFailed as failed:
+        _print_summary(failed.summary)
+        for stage, info in failed.summary["failed"].items():
+            print(f"pinas-pipeline: {stage} failed: {info['error']}\n  its log: {info['log']}", file=sys.stderr)
+        print("pinas-pipeline: the other stages finished; run the same command again to redo only the failed ones",
+              file=sys.stderr)
+        return EXIT_STAGE_FAILED
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        raise NoPrefectAPI(
+            "the temporary Prefect API server did not start in time (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="
+            f"{os.environ.get('PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS')}; the machine may be busy). Start "
+            "one with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api, or raise that "
+            "timeout, then run the same command again") from None
     _print_summary(summary)
     return 0
 
@@ -79,7 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.profile)
     wanted = [s for s in config.stages if s != "transfer"] + (
-        [f"transfer-{t}" for t in config.transfer.tasks] if "transfer" in config.stages else [])
+        [f"transfer-{t}" for t in config.transfer.enabled()] if "transfer" in config.stages else [])
     rows = run_status(args.run_dir, wanted)
     print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0
@@ -136,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, ArchError, RunRootError, FolderBusyError, FileExistsError) as exc:
+    except (ConfigError, DatasetError, ArchError, RunRootError, FolderBusyError, FileExistsError, PreflightError,
+            NoPrefectAPI) as exc:
         print(f"pinas-pipeline: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -28,8 +28,9 @@ from pinas.config import SEARCHED, PipelineConfig, Profile, load_config, needed_
 from pinas.data.sources import resolve_datasets
 from pinas.io.artifacts import atomic_write_json, check_writable_dir, publish_copy
 from pinas.io.locking import hold
-from pinas.io.stage_dirs import ExportDir, SearchDir
+from pinas.io.stage_dirs import ExportDir, SearchDir, TransferDir
 from pinas.paper import compare_rows
+from pinas.preflight import check_run
 from pinas.stages.export import run_export
 from pinas.stages.linear_probe import run_linear_probe
 from pinas.stages.retrain import run_retrain
@@ -67,6 +68,12 @@ def _finish(stage: str, title: str, folder: Path, key: str) -> dict:
 def data_task(config: Any, run_root: str, needed: tuple[str, ...]) -> dict[str, dict]:
     """Generate the demo datasets, or check the user's folders; returns paths and fingerprints."""
     return resolve_datasets(config, Path(run_root), needed)
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(config: Any, datasets: dict[str, dict], run_root: str) -> None:
+    """Every check that can be made before training (settings against the data, the transfer configs)."""
+    check_run(config, datasets, Path(run_root))
 
 
 @task(name="supernet", **STAGE_TASK)
@@ -163,21 +170,41 @@ def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None =
     config = config or load_config(config_file, profile, overrides)
     root = str(check_writable_dir(Path(run_root)))
     with alive(Path(root), FlowRunContext.get().flow_run.id):
-        stages, seconds, datasets = run_stages(config, root)
+        stages, seconds, datasets, failed = run_stages(config, root)
     summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root,
                "datasets": {k: v["path"] for k, v in datasets.items()}, "stages": stages, "seconds": seconds,
-               "total_seconds": round(time.perf_counter() - started, 2)}
+               "failed": failed, "total_seconds": round(time.perf_counter() - started, 2)}
     atomic_write_json(Path(root) / "last_run.json", summary)
     publish_table("pipeline-stages", [{"stage": name, "seconds": seconds.get(name), "folder": rec["dir"]}
                                       for name, rec in stages.items()], "stages of this run")
+    if failed:
+        lines = [f"{stage} failed: {f['error']} (log: {f['log']})" for stage, f in failed.items()]
+        publish_markdown("failed-stages", "## Failed stages\n\n" + "\n".join(f"- {line}" for line in lines)
+                         + "\n\nRun the same command again: finished stages come from the cache and only these "
+                           "run again.\n", "stages that failed")
+        raise StagesFailed(summary, "; ".join(lines))
     return summary
 
 
-def run_stages(config: PipelineConfig, root: str) -> tuple[dict[str, dict], dict[str, float], dict[str, dict]]:
-    """The stages of ``config.stages`` in order, each a cached task: (records, seconds per stage, datasets)."""
+class StagesFailed(RuntimeError):
+    """Some independent stages (transfers) failed; the others finished. ``summary`` is the run's summary."""
+
+    def __init__(self, summary: dict[str, Any], message: str):
+        super().__init__(message)
+        self.summary = summary
+
+
+def run_stages(config: PipelineConfig, root: str):
+    """The stages of ``config.stages`` in order, each a cached task.
+
+    Returns (records, seconds per stage, datasets, failed): a transfer that fails does not stop the others nor the
+    export (which then documents the transfers that finished); ``failed`` names it, its error and its log file.
+    """
     storage = Path(root) / RESULTS_DIR  # a Path: Prefect stores each record as <path>/<cache key>
     datasets = data_task(config.data, root, needed_datasets(config))
+    preflight_task(config, datasets, root)
     stages: dict[str, dict] = {}
+    failed: dict[str, dict] = {}
     seconds: dict[str, float] = {}
 
     def run(stage: str, fn, stage_config: Any, upstream: dict[str, dict]) -> dict:
@@ -198,13 +225,22 @@ def run_stages(config: PipelineConfig, root: str) -> tuple[dict[str, dict], dict
         run("retrain", retrain_task, retrain_config(config, stages.get("search")), imagenet)
     if "transfer" in config.stages:
         t = time.perf_counter()
-        futures = {f"transfer-{name}": transfer_task.with_options(result_storage=storage).submit(
-            f"transfer-{name}", task_cfg, {"retrain": stages["retrain"], name: datasets[name]}, root)
-            for name, task_cfg in config.transfer.tasks.items()}
-        for stage, future in futures.items():
-            stages[stage] = future.result()
+        futures = {}
+        for name, task_cfg in config.transfer.enabled().items():
+            stage, upstream = f"transfer-{name}", {"retrain": stages["retrain"], name: datasets[name]}
+            futures[stage] = (transfer_task.with_options(result_storage=storage).submit(stage, task_cfg, upstream,
+                                                                                        root),
+                              stage_dir(root, stage, stage_key(stage, task_cfg, upstream_digests(upstream))))
+        for stage, (future, folder) in futures.items():
+            future.wait()
+            if future.state.is_completed():
+                stages[stage] = future.result()
+            else:
+                error = str(future.state.message or future.state.name).splitlines()[0]
+                failed[stage] = {"error": error, "log": str(folder / TransferDir.LOG), "dir": str(folder)}
+                log.error("%s failed: %s (log: %s)", stage, error, folder / TransferDir.LOG)
             seconds[stage] = round(time.perf_counter() - t, 2)
     if "export" in config.stages:
         transfers = {k: v for k, v in stages.items() if k.startswith("transfer-")}
         run("export", export_task, config.export, {**imagenet, "retrain": stages["retrain"], **transfers})
-    return stages, seconds, datasets
+    return stages, seconds, datasets, failed

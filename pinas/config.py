@@ -75,6 +75,9 @@ class PipelineConfig(BaseModel):
             if stage in stages and missing:
                 raise ValueError(f"stages: {stage!r} needs {sorted(missing)} in the same run"
                                  + (" (or set arch to an architecture)" if stage == "retrain" else ""))
+        if "search" in stages and self.search.max_latency_ms is not None and not self.search.latency_table:
+            raise ValueError(f"search.max_latency_ms = {self.search.max_latency_ms} needs search.latency_table (a "
+                             'JSON {"fixed_ms": x, "layers": [[ms per choice], ...]} measured on the target)')
         if self.arch == SEARCHED and "search" in stages and self.retrain.space != self.supernet.space:
             raise ValueError(f"retrain.space {self.retrain.space!r} differs from supernet.space "
                              f"{self.supernet.space!r}: the searched architecture would not fit")
@@ -85,7 +88,7 @@ def needed_datasets(config: PipelineConfig) -> tuple[str, ...]:
     """The datasets the stages of this pipeline read."""
     names = ["imagenet"]
     if "transfer" in config.stages:
-        names += list(config.transfer.tasks)
+        names += list(config.transfer.enabled())
     return tuple(names)
 
 

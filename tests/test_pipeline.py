@@ -134,6 +134,63 @@ def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))
 
 
+def test_settings_that_cannot_work_stop_before_training(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"stages": ["supernet", "search"], "data": TINY["data"],
+                                      "supernet": TINY["supernet"], "search": {"max_params_m": 0.001}}))
+    assert cli_main(["run", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "pinas-pipeline: error: the run cannot start:" in err
+    assert "search: no architecture satisfies max_params_m" in err
+    assert not list((tmp_path / "r" / "stages").glob("supernet-*"))  # nothing trained
+
+
+def test_without_a_prefect_api_one_line_says_what_to_do(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--run-dir", str(tmp_path / "r")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("pinas-pipeline: error:")]
+    assert len(errors) == 1 and "did not start in time" in errors[0] and "prefect server start" in errors[0]
+    assert "PREFECT_API_URL=http://127.0.0.1:4200/api" in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_a_failed_transfer_is_not_fatal_and_the_same_command_redoes_only_it(tmp_path, capsys):
+    tasks = {name: {"config": f"demo_{model}.py", "length": 2} for name, model in
+             [("coco", "mask-rcnn_coco"), ("ade20k", "deeplabv3_ade20k"), ("cityscapes", "deeplabv3_cityscapes")]}
+    settings = {"stages": ["retrain", "transfer", "export"], "arch": "12-30-01-23", "data": TINY["data"],
+                "retrain": {"epochs": 1, "batch_size": 16, "eval_every": 0},
+                "transfer": {"tasks": {**tasks, "ade20k": {**tasks["ade20k"],  # fails once the Runner builds it
+                                                            "cfg_options": {"optim_wrapper.optimizer.lr": -1.0}}}},
+                "export": {"exporter": "torchscript", "latency_batches": [], "parity_images": 4}}
+    config, root = tmp_path / "pipeline.yaml", tmp_path / "runs"
+    config.write_text(yaml.safe_dump(settings))
+    command = ["run", "--config", str(config), "--run-dir", str(root)]
+    capsys.readouterr()
+    assert cli_main(command) == 1
+    err = capsys.readouterr().err
+    summary = json.loads((root / "last_run.json").read_text())
+    assert list(summary["failed"]) == ["transfer-ade20k"]
+    log = Path(summary["failed"]["transfer-ade20k"]["log"])
+    assert "transfer-ade20k failed: " in err and f"its log: {log}" in err and "Invalid learning rate" in log.read_text()
+    assert {"transfer-coco", "transfer-cityscapes", "export"} <= set(summary["stages"])  # the rest finished
+    card = json.loads(Path(summary["stages"]["export"]["files"]["model_card.json"]).read_text())
+    assert set(card["transfer_metrics"]) == {"coco", "cityscapes"}
+
+    coco_metrics = Path(summary["stages"]["transfer-coco"]["dir"]) / "metrics.json"
+    written = coco_metrics.stat().st_mtime_ns
+    assert cli_main(command) == 1  # the same command: only the failed task runs again (and fails again)
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[runs_of(root)[-1].id])))
+    transfer_states = sorted(r.state.name for r in task_runs if r.name.startswith("transfer"))
+    assert transfer_states == ["Cached", "Cached", "Failed"]
+    assert task_states(runs_of(root)[-1].id)["retrain"] == "Cached"
+    assert coco_metrics.stat().st_mtime_ns == written and log.read_text().count("Invalid learning rate") >= 2
+
+
 def test_library_logs_reach_the_run_logs_however_the_run_started():
     """A worker process configures Prefect's logging before pinas is imported; the lines must still reach the UI."""
     from prefect import flow
@@ -179,7 +236,7 @@ CONFIG = {
     "retrain": {"epochs": 2, "batch_size": 16, "eval_every": 0, "checkpoint_every": 2, "checkpoint_unit": "steps",
                 "log_every": 1},
     "transfer": {"tasks": {
-        name: {"config": f"demo_{model}.py", "max_iters": 12,
+        name: {"config": f"demo_{model}.py", "length": 12,
                "cfg_options": {"default_hooks.checkpoint.interval": 3}}
         for name, model in [("coco", "mask-rcnn_coco"), ("ade20k", "deeplabv3_ade20k"),
                             ("cityscapes", "deeplabv3_cityscapes")]}},

@@ -103,7 +103,7 @@ def test_bad_inputs_fail_before_training(data, tmp_path):
 @pytest.mark.slow
 def test_mask_rcnn_demo_learns_boxes_and_masks(data, tmp_path):
     # 60 of the demo config's 200 iterations: box / mask AP about 0.08 here, well clear of zero, in a third the time
-    result = _run("coco", data, tmp_path, max_iters=60)
+    result = _run("coco", data, tmp_path, length=60)
     metrics = result["metrics"]
     assert metrics["coco/bbox_mAP"] > 0 and metrics["coco/segm_mAP"] > 0, metrics
     assert json.loads((tmp_path / METRICS_FILE).read_text()) == result
@@ -121,12 +121,12 @@ def test_deeplabv3_demo_learns_segmentation(name, data, tmp_path):
 @pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_checkpoint(data, tmp_path):
     checkpoints = {"default_hooks.checkpoint.interval": 2}
-    first = _run("ade20k", data, tmp_path, max_iters=4, cfg_options=checkpoints)
+    first = _run("ade20k", data, tmp_path, length=4, cfg_options=checkpoints)
     assert (first["start_iter"], first["end_iter"]) == (0, 4)
     assert (tmp_path / "last_checkpoint").read_text().strip().endswith("iter_4.pth")
     # a second start on the same work_dir, through the CLI, with a longer budget: continues at iteration 4
     assert main([str(CONFIGS / DEMO["ade20k"]), "--work-dir", str(tmp_path), "--arch", DEMO_ARCH,
-                 "--space", "demo", "--data-root", str(data["ade20k"]), "--max-iters", "6",
+                 "--space", "demo", "--data-root", str(data["ade20k"]), "--length", "6",
                  "--cfg-options", "default_hooks.checkpoint.interval=2"]) == 0
     second = json.loads((tmp_path / METRICS_FILE).read_text())
     assert (second["start_iter"], second["end_iter"]) == (4, 6)

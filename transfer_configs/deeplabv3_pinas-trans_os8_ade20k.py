@@ -1,7 +1,8 @@
 # Pi-NAS-trans DeepLabV3, output stride 8, auxiliary FCN head, ADE20K 512x512 (method doc section 5.2;
 # paper: pixAcc 81.27, mIoU 45.47). Stock MMSegmentation DeepLabV3 R-50-D8 ADE20K config, backbone swapped,
 # ASPP at 256 channels as in PyTorch-Encoding, its training recipe (lr 0.004 per 16 images, head lr x10,
-# weight decay 1e-4, poly). 160k iterations at batch 16 is about 127 epochs (PyTorch-Encoding trained 180).
+# weight decay 1e-4, poly). 160k iterations at batch 16 (2 per GPU on 8 GPUs) is about 127 epochs
+# (PyTorch-Encoding trained 180); with another number of GPUs the transfer stage scales the lr (auto_scale_lr).
 # Placeholders that `pinas.transfer.run_transfer` overrides: model.backbone.arch / .space / .init_cfg.checkpoint
 # and the dataloaders' dataset.data_root.
 # ruff: noqa: C408  (OpenMMLab configs are written with dict(...))
@@ -30,3 +31,6 @@ model = dict(
 optim_wrapper = dict(
     optimizer=dict(type='SGD', lr=0.004, momentum=0.9, weight_decay=1e-4),
     paramwise_cfg=dict(custom_keys={'decode_head': dict(lr_mult=10.0), 'auxiliary_head': dict(lr_mult=10.0)}))
+
+train_dataloader = dict(batch_size=2)  # x 8 GPUs = the recipe's 16 images
+auto_scale_lr = dict(enable=False, base_batch_size=16)  # lr 0.004 is per 16 images

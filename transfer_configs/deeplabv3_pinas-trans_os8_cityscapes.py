@@ -42,10 +42,11 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))  # x 8 GPUs = 16 images
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     optimizer=dict(type='SGD', lr=0.004, momentum=0.9, weight_decay=1e-4),
     paramwise_cfg=dict(custom_keys={'decode_head': dict(lr_mult=10.0), 'auxiliary_head': dict(lr_mult=10.0)}))
+auto_scale_lr = dict(enable=False, base_batch_size=16)  # lr 0.004 is per 16 images

@@ -48,3 +48,4 @@ optim_wrapper = dict(optimizer=dict(lr=0.01))
 param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False)]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=20, max_keep_ckpts=2))
 randomness = dict(seed=0)
+auto_scale_lr = dict(enable=False, base_batch_size=4)  # the demo lr is set for batch 4 on one process

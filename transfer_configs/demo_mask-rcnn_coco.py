@@ -67,3 +67,4 @@ param_scheduler = [
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(by_epoch=False, interval=50, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
+auto_scale_lr = dict(enable=False, base_batch_size=2)  # the demo lr is set for batch 2 on one process

@@ -213,9 +213,10 @@ class RetrainDir(StageDir):
 # ---------------------------------------------------------------------------------------------------- transfer
 class TransferDir(StageDir):
     """An MMEngine ``work_dir``: ``iter_*.pth`` / ``epoch_*.pth`` + ``last_checkpoint`` (MMEngine's own resume),
-    ``transfer_run.json`` (what it trains, checked before resuming) and ``metrics.json`` (the final validation)."""
+    ``transfer_run.json`` (what it trains, checked before resuming), ``metrics.json`` (the final validation) and
+    ``transfer.log`` (the training process's whole output)."""
 
-    stage, METRICS, RUN = "transfer", "metrics.json", "transfer_run.json"
+    stage, METRICS, RUN, LOG = "transfer", "metrics.json", "transfer_run.json", "transfer.log"
 
     def __init__(self, path: str | Path, task: str | None = None):
         super().__init__(path)

@@ -1,98 +1,49 @@
 """Fine-tune a searched architecture with MMDetection / MMSegmentation's Runner and report the metrics.
 
 Transfer settings stay OpenMMLab configs (``transfer_configs/``); this module only fills in what the pipeline
-knows (architecture, space, backbone checkpoint, data root, iteration budget), checks it all *before* the Runner is
-built (a missing folder or a bad arch fails in a second, not after model construction), then runs MMEngine's own
-train + val loops with ``resume=True`` so a stopped run continues from its last checkpoint in ``work_dir``.
+knows (architecture, space, backbone checkpoint, data root, training length, AMP, lr scaling), takes the classes
+from the data (:mod:`.datasets`), checks it all *before* the Runner is built (:mod:`.checks`: a missing folder, a
+model that does not take the backbone, an empty split, label values outside the classes fail in seconds, not after
+model construction or the first epoch), then runs MMEngine's own train + val loops with ``resume=True`` so a
+stopped run continues from its last checkpoint in ``work_dir``.
 
-Keys written into the config (the configs' placeholders for them are documented at their top):
-``model.backbone.arch`` / ``.space`` (always), ``model.backbone.init_cfg`` (when a checkpoint is given), the
-``data_root`` of every dataloader's dataset and the ``ann_file`` of evaluators that have one (when a data root is
-given), ``train_cfg.max_iters`` (when given), ``work_dir``, ``resume``, ``launcher``.
+Keys written into the config: ``model.backbone.arch`` / ``.space`` (always), ``model.backbone.init_cfg`` (when a
+checkpoint is given), the ``data_root`` of every dataloader's dataset and the ``ann_file`` of evaluators that have
+one (when a data root is given), the loaders' ``metainfo.classes`` (COCO-format data) and the heads'
+``num_classes``, ``train_cfg.max_iters`` / ``max_epochs`` and the schedulers (with a length), ``optim_wrapper``
+(AMP), ``auto_scale_lr.enable``, ``work_dir``, ``resume``, ``launcher``.
 
 CLI: ``python -m pinas.openmmlab.runner CONFIG --work-dir DIR --arch ARCH --space SPACE [--checkpoint PT]
-[--data-root DIR] [--max-iters N] [--cfg-options k=v ...] [--launcher pytorch]`` (use ``torchrun`` with
-``--launcher pytorch``).
+[--data-root DIR] [--length N] [--amp auto|on|off] [--auto-scale-lr] [--cfg-options k=v ...] [--launcher pytorch]
+[--check-only]`` (use ``torchrun`` with ``--launcher pytorch``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import torch
 
 import pinas.openmmlab  # noqa: F401  (the backbone, and the globals MMEngine's checkpoints need)
 from pinas.io.stage_dirs import TransferDir
+from pinas.openmmlab.checks import TransferConfigError, check_transfer, registries
+from pinas.openmmlab.datasets import apply_data_classes, check_paths, set_data_root
+from pinas.openmmlab.schedule import scale_lr_with_batch, set_train_length, use_amp
 from pinas.space import get_space
 
 BACKBONE_TYPE = "PiNASResNeSt"
-_SPLITS = ("train", "val")  # the loaders this stage uses (test_* stays as the config says and is not checked)
-
-
-def _datasets(dataset_cfg: Any) -> list:
-    """A dataset config and the ones it wraps (RepeatDataset, ConcatDataset, ClassBalancedDataset...)."""
-    if not isinstance(dataset_cfg, dict):
-        return []
-    inner = [dataset_cfg.get("dataset")] + list(dataset_cfg.get("datasets") or [])
-    wrapped = [d for sub in inner if sub is not None for d in _datasets(sub)]
-    return wrapped or [dataset_cfg]
-
-
-def _set_data_root(cfg, data_root: Path) -> None:
-    for split in ("train", "val", "test"):
-        loader = cfg.get(f"{split}_dataloader")
-        for ds in _datasets(loader.get("dataset") if loader else None):
-            ds["data_root"] = str(data_root)
-        evaluator = cfg.get(f"{split}_evaluator")
-        datasets = _datasets(loader.get("dataset") if loader else None)
-        if isinstance(evaluator, dict) and "ann_file" in evaluator and datasets and datasets[0].get("ann_file"):
-            # e.g. CocoMetric scores against the validation annotation file of the same data root
-            evaluator["ann_file"] = str(data_root / datasets[0]["ann_file"])
-
-
-def _check_data(cfg) -> None:
-    """Every folder and annotation file the train/val loaders and evaluator read must exist; name the first not."""
-    for split in _SPLITS:
-        loader = cfg.get(f"{split}_dataloader")
-        for ds in _datasets(loader.get("dataset") if loader else None):
-            root = Path(ds.get("data_root") or "")
-            where = f"{split}_dataloader.dataset ({ds.get('type')}, data_root {str(root)!r})"
-            if ds.get("data_root") and not root.is_dir():
-                raise FileNotFoundError(f"{where}: data root {root} does not exist")
-            if ds.get("ann_file") and not (root / ds["ann_file"]).is_file():
-                raise FileNotFoundError(f"{where}: annotation file {root / ds['ann_file']} does not exist")
-            for key, prefix in (ds.get("data_prefix") or {}).items():
-                if prefix and not (root / prefix).is_dir():
-                    raise FileNotFoundError(f"{where}: data_prefix.{key} folder {root / prefix} does not exist")
-        evaluator = cfg.get(f"{split}_evaluator")
-        if isinstance(evaluator, dict) and evaluator.get("ann_file") and not Path(evaluator["ann_file"]).is_file():
-            raise FileNotFoundError(f"{split}_evaluator: ann_file {evaluator['ann_file']} does not exist")
-
-
-def _set_max_iters(cfg, max_iters: int) -> None:
-    """Shorten/extend an iteration-based schedule; schedulers that ended at the old last iteration follow it."""
-    loop = cfg.train_cfg
-    if loop.get("type") != "IterBasedTrainLoop":
-        raise ValueError(f"max_iters needs train_cfg.type='IterBasedTrainLoop', the config has {loop.get('type')!r}")
-    if max_iters < 1:
-        raise ValueError(f"max_iters must be >= 1, got {max_iters}")
-    old = loop["max_iters"]
-    loop["max_iters"] = max_iters
-    schedulers = cfg.get("param_scheduler") or []
-    for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-        if not sched.get("by_epoch", True) and sched.get("end") == old:
-            sched["end"] = max_iters
 
 
 def prepare_config(config: str | Path, work_dir: Path, *, arch: str, space: str, backbone_checkpoint: Path | None,
-                   data_root: Path | None, max_iters: int | None = None, cfg_options: dict | None = None,
-                   launcher: str = "none"):
-    """Load ``config``, apply the stage's settings and validate everything a run reads; returns the Config."""
+                   data_root: Path | None, length: int | None = None, cfg_options: dict | None = None,
+                   launcher: str = "none", amp: str = "off", auto_scale_lr: bool = False):
+    """Load ``config``, apply the stage's settings and validate every path a run reads; returns (Config, classes)."""
     from mmengine.config import Config
 
     config = Path(config)
@@ -116,10 +67,15 @@ def prepare_config(config: str | Path, work_dir: Path, *, arch: str, space: str,
         data_root = Path(data_root)
         if not data_root.is_dir():
             raise FileNotFoundError(f"data root {data_root} does not exist")
-        _set_data_root(cfg, data_root)
-    _check_data(cfg)
-    if max_iters is not None:
-        _set_max_iters(cfg, max_iters)
+        set_data_root(cfg, data_root)
+    check_paths(cfg)
+    classes = apply_data_classes(cfg, registries(cfg)[1])
+    if length is not None:
+        set_train_length(cfg, length)
+    if amp == "on" or (amp == "auto" and torch.cuda.is_available()):
+        use_amp(cfg)
+    if auto_scale_lr:
+        scale_lr_with_batch(cfg)
     cfg.work_dir = str(work_dir)
     cfg.resume, cfg.load_from = True, None  # continue from work_dir/last_checkpoint when there is one
     cfg.launcher = launcher
@@ -127,7 +83,7 @@ def prepare_config(config: str | Path, work_dir: Path, *, arch: str, space: str,
         # the Visualizer is a process-wide named instance: with a fixed name a second run writes into the first's
         cfg.visualizer["name"] = f"pinas_transfer_{os.getpid()}_{time.time_ns()}"
     _check_resumable(work_dir, {"config": config.name, "arch": backbone["arch"], "space": search_space.name})
-    return cfg
+    return cfg, classes
 
 
 def _check_resumable(work_dir: Path, identity: dict) -> None:
@@ -173,23 +129,29 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_transfer(config: str | Path, work_dir: Path, *, arch: str, space: str, backbone_checkpoint: Path | None,
-                 data_root: Path | None, max_iters: int | None = None, cfg_options: dict | None = None,
-                 launcher: str = "none") -> dict:
+def checked_config(config: str | Path, work_dir: Path, **settings):
+    """:func:`prepare_config` then :func:`pinas.openmmlab.checks.check_transfer`: (Config, classes) of a config
+    that can train on its data, or the first problem as an exception naming it."""
+    cfg, classes = prepare_config(config, work_dir, **settings)
+    check_transfer(cfg, Path(config), classes)
+    return cfg, classes
+
+
+def run_transfer(config: str | Path, work_dir: Path, **settings) -> dict:
     """Train + validate one transfer config; write and return ``{"metrics": ..., "wall_time_s": ..., ...}``.
 
     The returned record (also ``work_dir/metrics.json``, written atomically by rank 0) holds the validation metrics
     as MMEngine names them (``coco/bbox_mAP``, ``coco/segm_mAP``... or ``mIoU``, ``aAcc``...), the iteration the
     run started from (0, or the resumed checkpoint's), the final iteration, this call's wall time and the
-    process's peak RSS (``getrusage``: the peak of the whole process, so earlier work in it counts too).
+    process's peak RSS. ``settings`` are :func:`prepare_config`'s; the config is checked
+    (:func:`checked_config`) before the Runner is built.
     """
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
 
     t0 = time.perf_counter()
     work_dir = Path(work_dir)
-    cfg = prepare_config(config, work_dir, arch=arch, space=space, backbone_checkpoint=backbone_checkpoint,
-                         data_root=data_root, max_iters=max_iters, cfg_options=cfg_options, launcher=launcher)
+    cfg, classes = checked_config(config, work_dir, **settings)
     runner = Runner.from_cfg(cfg)
     if is_main_process():
         TransferDir(work_dir).write_run({"config": Path(config).name, "arch": cfg.model.backbone.arch,
@@ -202,6 +164,7 @@ def run_transfer(config: str | Path, work_dir: Path, *, arch: str, space: str, b
         metrics = runner.val()  # the final weights were not validated in this call (e.g. resumed a finished run)
     result = {
         "config": str(config), "arch": cfg.model.backbone.arch, "space": cfg.model.backbone.space,
+        "classes": list(classes),
         "metrics": {k: float(v) if isinstance(v, (int, float, np.number)) else v for k, v in metrics.items()},
         "start_iter": record.start_iter, "end_iter": runner.iter,
         "wall_time_s": round(time.perf_counter() - t0, 2),
@@ -222,15 +185,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", default="resnest50", help="search-space preset (resnest50, demo)")
     parser.add_argument("--checkpoint", type=Path, help="retrained classifier state dict (backbone.* keys)")
     parser.add_argument("--data-root", type=Path, help="dataset root folder (e.g. .../coco)")
-    parser.add_argument("--max-iters", type=int)
+    parser.add_argument("--length", "--max-iters", type=int, dest="length",
+                        help="training length in the config's unit (iterations, or epochs for epoch-based configs)")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="off", help="auto: AmpOptimWrapper on GPU")
+    parser.add_argument("--auto-scale-lr", action="store_true", help="scale the lr to the global batch")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="extra config overrides, key=value")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--check-only", action="store_true", help="validate the config and data, train nothing")
+    parser.add_argument("--no-weights", action="store_true",
+                        help="build the backbone without its init_cfg weights (a check before they exist)")
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    result = run_transfer(args.config, args.work_dir, arch=args.arch, space=args.space,
-                          backbone_checkpoint=args.checkpoint, data_root=args.data_root, max_iters=args.max_iters,
-                          cfg_options=args.cfg_options, launcher=args.launcher)
-    print({k: result[k] for k in ("metrics", "start_iter", "end_iter", "wall_time_s", "peak_rss_mib")})
+    cfg_options = dict(args.cfg_options or {})
+    if args.no_weights:
+        cfg_options["model.backbone.init_cfg"] = None
+    settings = dict(arch=args.arch, space=args.space, backbone_checkpoint=args.checkpoint, data_root=args.data_root,
+                    length=args.length, amp=args.amp, auto_scale_lr=args.auto_scale_lr, cfg_options=cfg_options,
+                    launcher=args.launcher)
+    if args.check_only:  # one JSON line either way: the pipeline's pre-flight check reads it
+        try:
+            _, classes = checked_config(args.config, args.work_dir, **settings)
+        except (TransferConfigError, FileNotFoundError, ValueError) as exc:
+            print(json.dumps({"error": str(exc)}))
+            return 2
+        print(json.dumps({"checked": str(args.config), "classes": list(classes)}))
+        return 0
+    result = run_transfer(args.config, args.work_dir, **settings)
+    print(json.dumps({k: result[k] for k in ("metrics", "start_iter", "end_iter", "wall_time_s", "peak_rss_mib")}))
     return 0
 
 

@@ -34,8 +34,13 @@ class TransferTask(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    enabled: bool = Field(True, description="false: this task is not run (tasks are never dropped silently)")
     config: str
-    max_iters: int | None = Field(None, ge=1, description="override the config's training length")
+    length: int | None = Field(None, ge=1, description="training length in the config's own unit: iterations, or "
+                               "epochs for an epoch-based config (the schedulers follow); default: the config's")
+    amp: Literal["auto", "on", "off"] = Field("auto", description="auto: AmpOptimWrapper on GPU")
+    auto_scale_lr: bool = Field(True, description="scale the lr to the global batch (batch per process x nproc) "
+                                                  "against the config's auto_scale_lr.base_batch_size")
     cfg_options: dict[str, Any] = Field(default_factory=dict, description="extra MMEngine config overrides")
     nproc: int = Field(1, ge=1, description="processes (GPUs); > 1 launches torchrun")
 
@@ -53,11 +58,49 @@ def _paper_tasks() -> dict[str, TransferTask]:
 
 
 class TransferConfig(BaseModel):
-    """The transfer tasks to run; each is an independent stage of the pipeline."""
+    """The transfer tasks; each is an independent stage of the pipeline.
+
+    A ``tasks`` section is merged over the paper's three tasks, so ``tasks: {coco: {nproc: 8}}`` changes one field of
+    one task; ``enabled: false`` is how a task is left out.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     tasks: dict[TransferName, TransferTask] = Field(default_factory=_paper_tasks)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _merge_over_the_paper_tasks(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged = {name: task.model_dump() for name, task in _paper_tasks().items()}
+        for name, task in value.items():
+            given = task.model_dump(exclude_unset=True) if isinstance(task, TransferTask) else task
+            merged[name] = {**merged.get(name, {}), **given} if isinstance(given, dict) else given
+        return merged
+
+    def enabled(self) -> dict[str, TransferTask]:
+        """The tasks that run, in pipeline order."""
+        return {name: task for name, task in self.tasks.items() if task.enabled}
+
+
+def runner_args(task: TransferTask, work_dir: Path, arch: str, space: str, data_root: Path) -> list[str]:
+    """The ``python -m pinas.openmmlab.runner`` arguments of a task (the pre-flight check uses the same)."""
+    args = [str(resolve_config(task.config)), "--work-dir", str(work_dir), "--arch", arch, "--space", space,
+            "--data-root", str(data_root), "--amp", task.amp]
+    if task.auto_scale_lr:
+        args.append("--auto-scale-lr")
+    if task.length:
+        args += ["--length", str(task.length)]
+    if task.cfg_options:
+        args += ["--cfg-options", *(f"{k}={json.dumps(v)}" for k, v in task.cfg_options.items())]
+    return args
+
+
+def child_env() -> dict[str, str]:
+    """One intra-op thread per child unless the user says otherwise (torchrun's own default): the transfers run
+    side by side, and oversubscribed threads were 3-10x slower on a 2-core machine."""
+    return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
 def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_root: Path, out_dir: Path) -> dict:
@@ -68,18 +111,11 @@ def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_ro
     model_cfg = retrain.model_config()
     # always a child process: MMEngine keeps global state (default scope, message hub), so two runners in one
     # process would interfere, and the pipeline runs the three transfers at the same time
-    args = [str(config), "--work-dir", str(folder.path), "--arch", model_cfg["arch"], "--space", model_cfg["space"],
-            "--checkpoint", str(retrain / RetrainDir.MODEL), "--data-root", str(data_root)]
+    args = runner_args(task, folder.path, model_cfg["arch"], model_cfg["space"], data_root) + [
+        "--checkpoint", str(retrain / RetrainDir.MODEL)]
     if task.nproc > 1:
         args += ["--launcher", "pytorch"]
-    if task.max_iters:
-        args += ["--max-iters", str(task.max_iters)]
-    if task.cfg_options:
-        args += ["--cfg-options", *(f"{k}={json.dumps(v)}" for k, v in task.cfg_options.items())]
-    # one intra-op thread per child unless the user says otherwise (torchrun's own default): the three transfers
-    # run side by side, and oversubscribed threads were 3-10x slower on a 2-core machine
-    run_module("pinas.openmmlab.runner", args, nproc=task.nproc,
-               env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    run_module("pinas.openmmlab.runner", args, nproc=task.nproc, env=child_env(), log_file=folder / TransferDir.LOG)
     result = folder.metrics()
     # MMEngine's newest checkpoint joins the manifest so corruption is caught
     last = folder.last_checkpoint()

@@ -1,0 +1,114 @@
+"""Every check a run can make before it trains anything, so a bad setting costs seconds, not a trained supernet.
+
+:func:`check_run` looks at the resolved config together with the data it will read: enough images for each stage's
+batch, classes for the classifier stages, search constraints that some architecture of the space can meet (params
+and MACs from the cost model at the data's number of classes, latency from the latency table), and every enabled
+transfer task's OpenMMLab config against its dataset (the model takes the backbone, no split is empty after the
+config's filtering, segmentation labels lie in the classes; :mod:`pinas.openmmlab.checks`, in child processes).
+All problems are reported together, one line each, naming the field or file. A passed check of the transfers is
+remembered under the run root (keyed by their settings and the data's fingerprints), so an unchanged re-run does
+not pay for it again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pinas import __version__
+from pinas.config import SEARCHED, PipelineConfig
+from pinas.data.images import DataError, scan_image_folder
+from pinas.io.artifacts import atomic_write_json
+from pinas.search.constraints import Constraints, LatencyTable, cost_model
+from pinas.space import get_space
+from pinas.stages.retrain import validate_inputs
+from pinas.stages.transfer import child_env, runner_args
+
+CHECKED_DIR = "preflight"  # under the run root: one file per passed transfer check
+
+
+class PreflightError(ValueError):
+    """Settings that cannot work with this data; one line per problem."""
+
+
+def check_run(config: PipelineConfig, datasets: dict[str, dict], run_root: Path) -> None:
+    """Raise :class:`PreflightError` listing every problem found, or return when the run can start."""
+    problems: list[str] = []
+    imagenet = Path(datasets["imagenet"]["path"])
+    try:
+        train, classes = scan_image_folder(imagenet / "train")
+    except DataError as exc:
+        raise PreflightError(f"data.imagenet: {exc}") from None
+    stages = set(config.stages)
+    if "supernet" in stages:
+        batch = config.supernet.batch_size * config.supernet.nproc
+        if len(train) < batch:
+            problems.append(f"supernet.batch_size: {imagenet / 'train'} has {len(train)} images, fewer than one "
+                            f"global batch ({config.supernet.batch_size} x nproc {config.supernet.nproc})")
+    if "search" in stages:
+        problems += _search_problems(config, imagenet, train, classes)
+    if "retrain" in stages:
+        arch = config.arch if config.arch != SEARCHED else get_space(config.retrain.space).format(
+            get_space(config.retrain.space).default_arch())
+        try:
+            validate_inputs(config.retrain.model_copy(update={"arch": arch}), imagenet)
+        except (DataError, ValueError) as exc:
+            problems.append(f"retrain: {exc}")
+    if "transfer" in stages:
+        problems += _transfer_problems(config, datasets, Path(run_root))
+    if problems:
+        raise PreflightError("the run cannot start:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _search_problems(config: PipelineConfig, imagenet: Path, train: list, classes: list[str]) -> list[str]:
+    search, problems = config.search, []
+    if search.evaluator.proxy == "linear_probe":
+        if len(classes) < 2:
+            problems.append(f"search.evaluator.proxy: linear_probe needs labelled images of at least 2 classes, "
+                            f"{imagenet / 'train'} has {classes}")
+        elif len(train) < config.linear_probe.batch_size:
+            problems.append(f"linear_probe.batch_size: {len(train)} training images are fewer than one batch of "
+                            f"{config.linear_probe.batch_size}")
+    space = get_space(config.supernet.space)
+    latency = None
+    if search.latency_table:
+        try:
+            latency = LatencyTable.load(search.latency_table, space)
+        except (OSError, ValueError, KeyError) as exc:
+            problems.append(f"search.latency_table: {exc}")
+    try:
+        Constraints.from_config(search).check_reachable(cost_model(space, search.num_classes or len(classes)),
+                                                        latency)
+    except ValueError as exc:
+        problems.append(f"search: {exc}")
+    return problems
+
+
+def _transfer_problems(config: PipelineConfig, datasets: dict[str, dict], run_root: Path) -> list[str]:
+    """Check every enabled task in a child process of its own (MMEngine keeps global state); all at once."""
+    space = get_space(config.retrain.space)
+    arch = config.arch if config.arch != SEARCHED else space.format(space.default_arch())  # any arch: same channels
+    runs, problems = {}, []
+    for name, task in config.transfer.enabled().items():
+        key = hashlib.sha256(json.dumps({"task": task.model_dump(), "space": space.name, "version": __version__,
+                                         "data": datasets[name]["fingerprint"]}, sort_keys=True).encode())
+        done = run_root / CHECKED_DIR / f"{name}-{key.hexdigest()[:16]}.json"
+        if done.is_file():
+            continue
+        work_dir = run_root / CHECKED_DIR / f"unused-work-dir-{name}"  # a check builds no Runner, writes nothing
+        args = runner_args(task, work_dir, arch, space.name, Path(datasets[name]["path"]))
+        runs[name] = (done, subprocess.Popen([sys.executable, "-m", "pinas.openmmlab.runner", *args, "--check-only",
+                                              "--no-weights"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True, env={**os.environ, **child_env()}))
+    for name, (done, proc) in runs.items():
+        out, err = proc.communicate()
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        result = json.loads(lines[-1]) if lines else {"error": f"the check crashed:\n{err[-2000:]}"}
+        if "error" in result:
+            problems.append(f"transfer.tasks.{name} ({config.transfer.tasks[name].config}): {result['error']}")
+        else:
+            atomic_write_json(done, result)
+    return problems
