@@ -78,7 +78,7 @@ def check_datasets(cfg, config: Path, classes: tuple[str, ...]) -> None:
     for split, ds_cfg in loader_datasets(cfg):
         where = f"{config}: {describe(split, ds_cfg)}"
         try:
-            dataset = datasets.build({**ds_cfg, "lazy_init": True, "pipeline": []})
+            dataset = datasets.build({**ds_cfg, "lazy_init": True})  # its pipeline is built too, not run
             # what full_init does, in steps: an empty result would otherwise surface as numpy's "need at least
             # one array to concatenate" when MMEngine packs the list
             dataset.data_list = dataset.load_data_list()

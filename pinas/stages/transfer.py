@@ -93,8 +93,23 @@ def runner_args(task: TransferTask, work_dir: Path, arch: str, space: str, data_
     if task.length:
         args += ["--length", str(task.length)]
     if task.cfg_options:
-        args += ["--cfg-options", *(f"{k}={json.dumps(v)}" for k, v in task.cfg_options.items())]
+        args += ["--cfg-options", *(f"{k}={mmengine_literal(v)}" for k, v in task.cfg_options.items())]
     return args
+
+
+def mmengine_literal(value: Any) -> str:
+    """A YAML value as MMEngine's ``--cfg-options`` reads it back. YAML has no tuples, and OpenMMLab's sizes and
+    scales must be tuples, so a pair of numbers becomes one (``[256, 160]`` -> ``(256, 160)``); longer lists stay
+    lists (``in_channels``)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return f"({value[0]}, {value[1]})"
+        return "[" + ", ".join(mmengine_literal(v) for v in value) + "]"
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) else str(value)
 
 
 def child_env() -> dict[str, str]:
