@@ -9,15 +9,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from pinas.io.artifacts import atomic_write
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _figure():
+    """A new 6 x 4 inch figure on the Agg canvas (matplotlib is imported here, when a plot is drawn: it costs a
+    third of a second that a pipeline run served from the cache should not pay)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
@@ -25,12 +32,14 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def plot_fitness(history: Sequence[dict], path: str | Path, proxy: str = "proxy") -> Path:
     """Best and mean score of each generation, and the best found so far. ``history`` rows: generation, best,
     mean, best_so_far."""
-    fig = Figure(figsize=(6, 4))
+    fig = _figure()
     ax = fig.add_subplot()
     gens = [h["generation"] for h in history]
     ax.plot(gens, [h["best_so_far"] for h in history], "-", color="tab:red", lw=4, alpha=0.4, label="best so far")
     ax.plot(gens, [h["best"] for h in history], "o-", color="tab:blue", ms=3, label="generation best")
     ax.plot(gens, [h["mean"] for h in history], "s--", color="tab:gray", ms=3, label="generation mean")
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel(f"{proxy} score (higher is better)")
@@ -43,7 +52,7 @@ def plot_fitness(history: Sequence[dict], path: str | Path, proxy: str = "proxy"
 def plot_pareto(candidates: Sequence[dict], front: Sequence[bool], path: str | Path, best: dict | None = None,
                 proxy: str = "proxy") -> Path:
     """Every evaluated candidate in grey, the non-dominated ones highlighted, score against MMACs."""
-    fig = Figure(figsize=(6, 4))
+    fig = _figure()
     ax = fig.add_subplot()
     macs = np.array([c["macs"] for c in candidates]) / 1e6
     score = np.array([c["score"] for c in candidates])

@@ -18,8 +18,9 @@ import torch
 
 from pinas.data import transforms as pinas_data
 from pinas.deploy import predict as onnx_predict
-from pinas.deploy.onnx_export import STAGE_NAMES, ExportError, StageFeatures, export_onnx
-from pinas.deploy.parity import ParityError, check_parity, eval_dataset, iter_batches
+from pinas.deploy.errors import ExportError, ParityError
+from pinas.deploy.onnx_export import STAGE_NAMES, StageFeatures, export_onnx
+from pinas.deploy.parity import check_parity, eval_dataset, iter_batches
 from pinas.deploy.predict import OnnxClassifier
 from pinas.io.artifacts import MANIFEST, sha256_file, verify_manifest
 from pinas.io.stage_dirs import RetrainDir

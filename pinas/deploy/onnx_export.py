@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pinas import __version__
+from pinas.deploy.errors import ExportError
 from pinas.io.artifacts import atomic_write_bytes
 from pinas.models.backbone import PiNASBackbone
 
@@ -27,10 +28,6 @@ log = logging.getLogger("pinas")
 
 INPUT_NAME = "image"
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
-
-
-class ExportError(RuntimeError):
-    """The export stage cannot run (bad inputs) or produced a model that fails its checks."""
 
 
 class StageFeatures(nn.Module):

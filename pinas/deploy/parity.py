@@ -16,14 +16,11 @@ from torch import nn
 
 from pinas.data.images import ImageFolderDataset, sequential_batches
 from pinas.data.transforms import Normalize, center_crop
-from pinas.deploy.onnx_export import INPUT_NAME, ExportError
+from pinas.deploy.errors import ParityError
+from pinas.deploy.onnx_export import INPUT_NAME
 from pinas.deploy.predict import resize_size
 
 _BATCH = 16  # inference chunk for parity / accuracy; smaller than most sets, so the dynamic axis gets exercised
-
-
-class ParityError(ExportError):
-    """onnxruntime's outputs differ from torch eager beyond the configured tolerance."""
 
 
 def eval_dataset(folder: Path, input_size: int, limit: int | None, resize: int | None = None) -> ImageFolderDataset:

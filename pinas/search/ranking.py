@@ -23,17 +23,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b (tie-corrected); NaN when either list is constant."""
+    from scipy import stats  # ~1 s to import: loaded when a statistic is computed, not with the search
+
     x, y = _pair(x, y)
     return float(stats.kendalltau(x, y).statistic)
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rho (Pearson on average ranks); NaN when either list is constant."""
+    from scipy import stats
+
     x, y = _pair(x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
@@ -51,6 +54,8 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: Callable[[np.ndar
                  n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of ``stat`` over (x, y) pairs resampled with replacement (``scipy.stats.bootstrap``,
     paired); resamples where the statistic is undefined (all ties) are left out of the interval."""
+    from scipy import stats
+
     x, y = _pair(x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples: NaN statistics, dropped below

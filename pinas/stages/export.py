@@ -31,12 +31,8 @@ import torch
 from pydantic import Field
 
 from pinas.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pinas.deploy.card import build_card, render_card_md
-from pinas.deploy.latency import compare
-from pinas.deploy.onnx_export import STAGE_NAMES, ExportError, StageFeatures, export_onnx
-from pinas.deploy.parity import check_parity, eval_dataset, iter_batches
+from pinas.deploy.errors import ExportError
 from pinas.deploy.predict import META_CLASSES, META_PREPROCESS, resize_size
-from pinas.deploy.quantize import calibration_batches, compare_accuracy, quantize_int8
 from pinas.io.artifacts import MANIFEST, ArtifactError, atomic_write_bytes, atomic_write_json, sha256_file
 from pinas.io.stage_dirs import ExportDir, RetrainDir
 from pinas.stages.common import StageConfig
@@ -68,6 +64,14 @@ def run_export(cfg: ExportConfig, retrain_dir: str | Path, data_dir: str | Path,
     ``data_dir`` is the ImageNet-format root: ``val/<class>/*`` for parity (and the int8 comparison),
     ``train/<class>/*`` for int8 calibration. ``out_dir`` is conventionally ``exports/<run>/``.
     """
+    # the ONNX stack (onnx, onnxruntime, onnxscript) takes a second or two to import: loaded when an export runs,
+    # not whenever a pipeline config is read
+    from pinas.deploy.card import build_card, render_card_md
+    from pinas.deploy.latency import compare
+    from pinas.deploy.onnx_export import STAGE_NAMES, StageFeatures, export_onnx
+    from pinas.deploy.parity import check_parity, eval_dataset, iter_batches
+    from pinas.deploy.quantize import calibration_batches, compare_accuracy, quantize_int8
+
     retrain_dir, data_dir, out_dir = Path(retrain_dir), Path(data_dir), Path(out_dir)
     val_dir, train_dir = data_dir / "val", data_dir / "train"
     if not val_dir.is_dir():
