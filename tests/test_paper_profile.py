@@ -41,10 +41,10 @@ def paper_overrides(data: dict[str, Path]) -> dict:
                                  "device": "cpu"}},
         "retrain": {"epochs": 1, "batch_size": 2, "num_workers": 0, "device": "cpu"},
         "transfer": {"tasks": {
-            "coco": {"length": 1, "cfg_options": {  # 1 of the 12 epochs (epoch-based), short sides 160 px
+            "coco": {"length": 1, "cfg_options": {  # 1 of the 12 epochs (epoch-based), short sides 80 px
                 **LOADERS, "train_dataloader.batch_size": 2,
-                "train_dataloader.dataset.pipeline.2.scales": [[256, 160]],
-                "val_dataloader.dataset.pipeline.1.scale": [256, 160]}},
+                "train_dataloader.dataset.pipeline.2.scales": [[128, 80]],
+                "val_dataloader.dataset.pipeline.1.scale": [128, 80]}},
             "ade20k": {"length": 2, "cfg_options": _segmentation(2)},
             "cityscapes": {"length": 2, "cfg_options": _segmentation(2)}}},
         "export": {"parity_images": 2, "latency_batches": [1], "warmup": 1, "repeats": 2},

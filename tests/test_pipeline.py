@@ -236,11 +236,11 @@ CONFIG = {
     "retrain": {"epochs": 2, "batch_size": 16, "eval_every": 0, "checkpoint_every": 2, "checkpoint_unit": "steps",
                 "log_every": 1},
     "transfer": {"tasks": {
-        name: {"config": f"demo_{model}.py", "length": 12,
+        name: {"config": f"demo_{model}.py", "length": 6,
                "cfg_options": {"default_hooks.checkpoint.interval": 3}}
         for name, model in [("coco", "mask-rcnn_coco"), ("ade20k", "deeplabv3_ade20k"),
                             ("cityscapes", "deeplabv3_cityscapes")]}},
-    "export": {"latency_batches": [], "parity_images": 8, "eval_images": 20},
+    "export": {"exporter": "torchscript", "latency_batches": [], "parity_images": 8},  # dynamo: test_export.py
 }
 TRAINING_STAGES = ["supernet", "linear-probe", "search", "retrain", "transfer"]
 STAGES = ["supernet", "linear-probe", "search", "retrain", "transfer-coco", "transfer-ade20k", "transfer-cityscapes",
