@@ -16,6 +16,7 @@ from torch import nn
 
 from pinas.data.images import ImageFolderDataset
 from pinas.data.transforms import CenterCrop, CropFlip, FourViews, MocoV2Views
+from pinas.engine.distributed import SINGLE_PROCESS, DistInfo, gather_objects
 from pinas.models.supernet_pi import SupernetPi
 from pinas.search.proxies import BNGammaProxy, ContrastiveProxy, ProbeProxy, Proxy
 from pinas.search.recalibration import FixedBatches, heldout_batches, recal_batches
@@ -38,6 +39,8 @@ class EvaluatorConfig(BaseModel):
     cache_mb: int = Field(4096, ge=0, description="memory for preprocessed batches kept between candidates")
     channels_last: bool = Field(True, description="NHWC activations: much faster convolutions and BN statistics "
                                                   "on CPU (and tensor cores on GPU)")
+    prefix_sharing: bool = Field(True, description="compute the common prefixes of a generation's paths once "
+                                                   "(the same scores, fewer block evaluations)")
     num_workers: int = Field(0, ge=0)
     device: str = "auto"
     seed: int = 0
@@ -58,23 +61,33 @@ class Evaluation:
 
 
 class Evaluator:
-    """A proxy behind the evaluation cache: the same architecture always returns the same, stored, result."""
+    """A proxy behind the evaluation cache: the same architecture always returns the same, stored, result.
 
-    def __init__(self, space: SearchSpace, proxy: Proxy):
-        self.space, self.proxy = space, proxy
+    :meth:`evaluate_many` scores a whole generation at once: under torchrun each rank scores a contiguous share of
+    the new architectures (in sorted order, so a share keeps its common prefixes) and the results are gathered, so
+    every rank ends with the same cache.
+    """
+
+    def __init__(self, space: SearchSpace, proxy: Proxy, info: DistInfo = SINGLE_PROCESS):
+        self.space, self.proxy, self.info = space, proxy, info
         self.cache: dict[Arch, Evaluation] = {}
         self.hits = self.misses = 0
 
     def __call__(self, arch: Sequence[int] | str) -> Evaluation:
-        arch = self.space.parse(arch)
-        if arch in self.cache:
-            self.hits += 1
-            return self.cache[arch]
-        self.misses += 1
-        score, loss, acc = self.proxy(arch)
-        result = Evaluation(self.space.format(arch), self.proxy.name, float(score), loss, acc)
-        self.cache[arch] = result
-        return result
+        return self.evaluate_many([arch])[0]
+
+    def evaluate_many(self, archs: Sequence[Sequence[int] | str]) -> list[Evaluation]:
+        archs = [self.space.parse(a) for a in archs]
+        todo = sorted({a for a in archs if a not in self.cache})
+        self.hits += len(archs) - len(todo)
+        self.misses += len(todo)
+        share = -(-len(todo) // self.info.world_size)  # ceil
+        mine = todo[self.info.rank * share:(self.info.rank + 1) * share]
+        scored = list(zip(mine, self.proxy.score_many(mine) if mine else []))
+        for part in gather_objects(scored, self.info):
+            for arch, (score, loss, acc) in part:
+                self.cache[arch] = Evaluation(self.space.format(arch), self.proxy.name, float(score), loss, acc)
+        return [self.cache[a] for a in archs]
 
     def remember(self, evaluation: Evaluation) -> None:
         """Seed the cache with a stored result (a resumed search does not recompute what it already scored)."""
@@ -88,19 +101,20 @@ def default_decode_size(space: SearchSpace) -> int:
 
 def build_evaluator(cfg: EvaluatorConfig, model: SupernetPi, train_dir: str | Path | None,
                     val_dir: str | Path | None, probe: tuple[nn.Linear, dict] | None = None,
-                    device: torch.device | None = None, views: MocoV2Views | None = None) -> Evaluator:
+                    device: torch.device | None = None, views: MocoV2Views | None = None,
+                    info: DistInfo = SINGLE_PROCESS) -> Evaluator:
     """An :class:`Evaluator` for ``cfg.proxy`` on a loaded supernet; ``probe`` is the trained head and its
-    ``probe.json`` (see :func:`pinas.linear_probe.load_probe`), needed for ``linear_probe``. With
+    ``probe.json`` (:meth:`pinas.io.stage_dirs.ProbeDir.load`), needed for ``linear_probe``. With
     ``cfg.channels_last`` the model's weights are switched to the NHWC layout in place (values unchanged).
 
     Recalibration uses ``train_dir`` images with the augmentation the scored network was trained on (MoCo v2 views
     for the contrastive proxy, the probe's crop + flip for the probe); scoring uses the held-out ``val_dir``.
-    ``views`` is the supernet's own view pipeline (:func:`pinas.supernet_training.training_views`; default: the
-    paper's MoCo v2 settings).
+    ``views`` is the supernet's own view pipeline (:meth:`pinas.data.transforms.MocoV2Views.from_settings`;
+    default: the paper's MoCo v2 settings). ``info``: the process group whose ranks share each generation.
     """
     space = model.space
     if cfg.proxy == "bn_gamma":
-        return Evaluator(space, BNGammaProxy(model.student.backbone))
+        return Evaluator(space, BNGammaProxy(model.student.backbone), info)
     device = device or next(model.parameters()).device
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # same values, NHWC layout
@@ -120,12 +134,13 @@ def build_evaluator(cfg: EvaluatorConfig, model: SupernetPi, train_dir: str | Pa
         views = views or MocoV2Views(size)
         proxy = ContrastiveProxy(model, batches(train, recal_idx, views, cfg.seed),
                                  batches(val, held_idx, FourViews(views), cfg.seed + 1), cfg.reference_paths,
-                                 cfg.seed)
+                                 cfg.seed, cfg.prefix_sharing)
     else:
         if probe is None:
             raise ValueError("proxy 'linear_probe' needs the trained probe (run the linear_probe stage)")
-        head, info = probe
+        head, probe_info = probe
         proxy = ProbeProxy(model.student.backbone, head.to(device).eval(),
-                           batches(train, recal_idx, CropFlip(size, info.get("crop_min_scale", 0.08)), cfg.seed),
-                           batches(val, held_idx, CenterCrop(size), cfg.seed + 1))
-    return Evaluator(space, proxy)
+                           batches(train, recal_idx, CropFlip(size, probe_info.get("crop_min_scale", 0.08)),
+                                   cfg.seed),
+                           batches(val, held_idx, CenterCrop(size), cfg.seed + 1), cfg.prefix_sharing)
+    return Evaluator(space, proxy, info)

@@ -161,8 +161,8 @@ class EvolutionSearch:
         t0 = time.perf_counter()
         total = self.cfg.generations * self.cfg.population
         scores = []
-        for arch, origin in population:
-            result = self.evaluator(arch)
+        results = self.evaluator.evaluate_many([arch for arch, _ in population])
+        for (arch, origin), result in zip(population, results):
             rec = {"arch": result.arch, "generation": g, "origin": origin, "proxy": result.proxy,
                    "score": result.score, "loss": result.loss, "acc": result.acc, **self.price(arch)}
             self.candidates.append(rec)

@@ -7,11 +7,14 @@
 * :class:`BNGammaProxy`: BN-NAS's data-free indicator, the sum over layers of the mean |gamma| of the chosen
   block's last BN. Costs nothing; used as a pre-filter by the search.
 
-The data-driven proxies recalibrate the path's BNs first (:func:`pinas.search.recalibration.precise_bn`).
+The data-driven proxies score many architectures at once (:meth:`score_many`), each on its own path recalibrated
+(precise BN), through :mod:`pinas.search.path_features`: with ``prefix_sharing`` the paths' common prefixes are
+computed once, with the same scores.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,30 +25,32 @@ from torch import nn
 
 from pinas.models.backbone import PiNASBackbone
 from pinas.models.supernet_pi import SupernetPi, info_nce
-from pinas.search.recalibration import FixedBatches, precise_bn
+from pinas.search.path_features import BlockCounter, path_features
+from pinas.search.recalibration import FixedBatches
 from pinas.space import Arch
+
+Score = tuple[float, float | None, float | None]  # (score, loss, acc)
 
 
 class Proxy(Protocol):
     name: str
 
-    def __call__(self, arch: Arch) -> tuple[float, float | None, float | None]:
-        """(score, loss, acc) of one architecture."""
+    def score_many(self, archs: Sequence[Arch]) -> list[Score]:
+        """(score, loss, acc) of each architecture, in order."""
 
 
 @dataclass
 class Timings:
-    """Where evaluation time goes: BN recalibration vs the proxy forward, and images pushed through a backbone."""
+    """Where evaluation time goes: seconds, images through a backbone and block evaluations (layer forwards)."""
 
-    recal_s: float = 0.0
-    proxy_s: float = 0.0
-    recal_images: int = 0
-    proxy_images: int = 0
+    seconds: float = 0.0
+    images: int = 0
+    blocks: int = 0
     evaluations: int = 0
 
     @property
     def images_per_s(self) -> float:
-        return (self.recal_images + self.proxy_images) / max(self.recal_s + self.proxy_s, 1e-9)
+        return self.images / max(self.seconds, 1e-9)
 
 
 class BNGammaProxy:
@@ -62,16 +67,40 @@ class BNGammaProxy:
     def __call__(self, arch: Arch) -> tuple[float, None, None]:
         return float(self.table[np.arange(len(arch)), list(arch)].sum()), None, None
 
+    def score_many(self, archs: Sequence[Arch]) -> list[Score]:
+        return [self(a) for a in archs]
+
 
 def chunked_info_nce(q: torch.Tensor, k_pos: torch.Tensor, queue: torch.Tensor, temperature: float,
                      chunk: int = 1024) -> float:
-    """:func:`pinas.pi_model.info_nce` over many queries, in chunks (the logits of 50k x 49k would not fit)."""
+    """:func:`pinas.models.supernet_pi.info_nce` over many queries, in chunks (50k x 49k logits would not fit)."""
     total = sum(info_nce(q[i:i + chunk], k_pos[i:i + chunk], queue, temperature).item() * len(q[i:i + chunk])
                 for i in range(0, len(q), chunk))
     return total / len(q)
 
 
-class ContrastiveProxy:
+class _PathProxy:
+    """What the data-driven proxies share: recalibrated path features, timed and counted."""
+
+    def __init__(self, recal: FixedBatches, heldout: FixedBatches, prefix_sharing: bool):
+        self.recal, self.heldout = recal, heldout
+        self.features = path_features(prefix_sharing)
+        self.timings, self.counter = Timings(), BlockCounter()
+
+    def _features(self, backbone: PiNASBackbone, requests: list[tuple[Arch, int | None]]):
+        t0 = time.perf_counter()
+        out = self.features(backbone, requests, self.recal, self.heldout, counter=self.counter)
+        t = self.timings
+        t.seconds += time.perf_counter() - t0
+        t.images += len({a for a, _ in requests}) * self.recal.num_images + len(requests) * self.heldout.num_images
+        t.blocks = self.counter.blocks
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def __call__(self, arch: Arch) -> Score:
+        return self.score_many([arch])[0]
+
+
+class ContrastiveProxy(_PathProxy):
     """Cross-path InfoNCE of the candidate against random fully-differing reference paths, on held-out views.
 
     As in training, with views v1..v4 of an image: queries come from the student (v1 on the candidate, v3 on the
@@ -84,70 +113,53 @@ class ContrastiveProxy:
     name = "contrastive"
 
     def __init__(self, model: SupernetPi, recal: FixedBatches, heldout: FixedBatches, reference_paths: int = 2,
-                 seed: int = 0):
-        self.model, self.recal, self.heldout = model, recal, heldout
-        self.reference_paths, self.seed = reference_paths, seed
-        self.timings = Timings()
-
-    def _embed(self, arch: Arch, q_view: int, k_view: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student queries of view ``q_view`` and teacher keys of view ``k_view`` on ``arch``, BN recalibrated."""
-        student, teacher = self.model.student, self.model.teacher
-        t0 = time.perf_counter()
-        with precise_bn([(student.backbone, arch), (teacher.backbone, arch)], self.recal):
-            t1 = time.perf_counter()
-            qs, ks = [], []
-            with torch.no_grad():
-                for x, _ in self.heldout:
-                    views = x.chunk(4)
-                    qs.append(student(views[q_view], arch))
-                    ks.append(teacher(views[k_view], arch))
-        t = self.timings
-        t.recal_s, t.proxy_s = t.recal_s + t1 - t0, t.proxy_s + time.perf_counter() - t1
-        t.recal_images += 2 * self.recal.num_images
-        t.proxy_images += 2 * self.heldout.num_images
-        return torch.cat(qs), torch.cat(ks)
+                 seed: int = 0, prefix_sharing: bool = True):
+        super().__init__(recal, heldout, prefix_sharing)
+        self.model, self.reference_paths, self.seed = model, reference_paths, seed
 
     def references(self, arch: Arch) -> list[Arch]:
         """The reference paths of ``arch``: fixed for a given (seed, arch), differing from it at every layer."""
         rng = np.random.default_rng([self.seed, *arch])
         return [self.model.space.sample_differing(arch, rng) for _ in range(self.reference_paths)]
 
-    def __call__(self, arch: Arch) -> tuple[float, float, None]:
+    def score_many(self, archs: Sequence[Arch]) -> list[Score]:
+        student, teacher = self.model.student, self.model.teacher
+        refs = {tuple(a): self.references(a) for a in archs}
+        # the candidate plays training's alpha (views 1, 2), each reference its beta (views 3, 4)
+        q = self._features(student.backbone, [(a, 0) for a in refs] + [(r, 2) for rs in refs.values() for r in rs])
+        k = self._features(teacher.backbone, [(a, 1) for a in refs] + [(r, 3) for rs in refs.values() for r in rs])
+        with torch.no_grad():
+            q = {key: F.normalize(student.projector(f), dim=1) for key, f in q.items()}
+            k = {key: F.normalize(teacher.projector(f), dim=1) for key, f in k.items()}
         queue, tau = self.model.queue.detach(), self.model.temperature
-        q_c, k_c = self._embed(arch, 0, 1)  # the candidate plays training's alpha (views 1, 2) ...
-        losses = []
-        for ref in self.references(arch):
-            q_r, k_r = self._embed(ref, 2, 3)  # ... and each reference its beta (views 3, 4)
-            losses.append(chunked_info_nce(q_c, k_r, queue, tau) + chunked_info_nce(q_r, k_c, queue, tau))
-        self.timings.evaluations += 1
-        loss = float(np.mean(losses))
-        return -loss, loss, None
+        out = []
+        for arch, rs in refs.items():
+            losses = [chunked_info_nce(q[arch, 0], k[r, 3], queue, tau) + chunked_info_nce(q[r, 2], k[arch, 1],
+                                                                                         queue, tau) for r in rs]
+            loss = float(np.mean(losses))
+            out.append((-loss, loss, None))
+        self.timings.evaluations += len(out)
+        return out
 
 
-class ProbeProxy:
+class ProbeProxy(_PathProxy):
     """Top-1 (%) of the shared linear probe on a labelled held-out split, after recalibrating the path's BNs."""
 
     name = "linear_probe"
 
-    def __init__(self, backbone: PiNASBackbone, head: nn.Linear, recal: FixedBatches, heldout: FixedBatches):
-        self.backbone, self.head, self.recal, self.heldout = backbone, head, recal, heldout
-        self.timings = Timings()
+    def __init__(self, backbone: PiNASBackbone, head: nn.Linear, recal: FixedBatches, heldout: FixedBatches,
+                 prefix_sharing: bool = True):
+        super().__init__(recal, heldout, prefix_sharing)
+        self.backbone, self.head = backbone, head
 
-    def __call__(self, arch: Arch) -> tuple[float, float, float]:
-        t0 = time.perf_counter()
-        with precise_bn([(self.backbone, arch)], self.recal):
-            t1 = time.perf_counter()
-            correct, loss_sum, count = 0, 0.0, 0
-            with torch.no_grad():
-                for x, y in self.heldout:
-                    logits = self.head(self.backbone(x, arch))
-                    loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                    correct += int((logits.argmax(1) == y).sum())
-                    count += y.numel()
-        t2 = time.perf_counter()
-        t = self.timings
-        t.recal_s, t.proxy_s = t.recal_s + t1 - t0, t.proxy_s + t2 - t1
-        t.recal_images, t.proxy_images = t.recal_images + self.recal.num_images, t.proxy_images + count
-        t.evaluations += 1
-        acc = 100.0 * correct / count
-        return acc, loss_sum / count, acc
+    def score_many(self, archs: Sequence[Arch]) -> list[Score]:
+        features = self._features(self.backbone, [(tuple(a), None) for a in archs])
+        labels = torch.cat([y for _, y in self.heldout])
+        out = []
+        with torch.no_grad():
+            for arch in archs:
+                logits = self.head(features[tuple(arch), None])
+                acc = 100.0 * (logits.argmax(1) == labels).sum().item() / labels.numel()
+                out.append((acc, F.cross_entropy(logits, labels).item(), acc))
+        self.timings.evaluations += len(out)
+        return out

@@ -33,7 +33,7 @@ from pinas.stages.common import StageConfig
 
 log = logging.getLogger("pinas")
 #: evaluator settings that change how fast a score is computed, not the score
-EVALUATOR_RUNTIME_FIELDS = frozenset({"cache_mb", "num_workers"})
+EVALUATOR_RUNTIME_FIELDS = frozenset({"cache_mb", "num_workers", "prefix_sharing"})
 
 
 class SearchConfig(StageConfig, EvolutionConfig, ConstraintConfig):
