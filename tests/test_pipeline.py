@@ -289,10 +289,19 @@ def kill_once_checkpointed(proc: subprocess.Popen, run_root: Path, stage: str) -
     return {d.name: progress_of(d) for d in unfinished(run_root, stage) if progress_of(d) is not None}
 
 
-def task_states(flow_run_id) -> dict[str, str]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+def task_states(flow_run_id, settle_s: float = 30.0) -> dict[str, str]:
+    """The final state of each task run of a flow run.
+
+    Prefect 3 records task-run states from events, asynchronously: just after a flow returns, the API can still show
+    a task as ``Running``. Wait (up to ``settle_s``) until every task run shows a final state.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        if all(r.state.is_final() for r in runs) or time.monotonic() > deadline:
+            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+        time.sleep(0.5)
 
 
 def resumed(stage: str, folder: str, at: int, output: str, run_root: Path) -> bool:
