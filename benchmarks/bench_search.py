@@ -3,17 +3,18 @@
 Prints, all measured in this run:
 
 1. **Evaluator image throughput vs a bare forward.** Images pushed through a backbone path per second by the
-   evaluator (BN recalibration forwards + proxy forwards), divided by the images per second of a plain eval-mode
-   forward of the same architecture extracted as a standalone subnet (``pinas.supernet.extract_subnet``), on the
-   same batches. Goal: >= 0.8, i.e. evaluation costs at most 25 % more per image than inference. The time is
-   broken down into recalibration and proxy, for the contrastive and the linear-probe proxies.
-2. **Candidate evaluations per second** of a whole search (proposal, pricing, evaluation, state saving).
+   evaluator (BN recalibration forwards + proxy forwards, one architecture at a time), divided by the images per
+   second of a plain eval-mode forward of the same architecture extracted as a standalone subnet
+   (``pinas.models.backbone.extract_subnet``), on the same batches. Goal: >= 0.8, i.e. evaluation costs at most
+   25 % more per image than inference; for the contrastive and the linear-probe proxies.
+2. **Candidate evaluations per second** of a whole search (proposal, pricing, evaluation, state saving), with 1
+   process and with ``--nproc`` processes (torchrun; gloo on CPU, NCCL on GPU): the scaling ratio.
 3. **Demo claim**: the searched architecture's proxy score against an independent sample of random
    architectures scored by the same evaluator (median, max, and the searched one's percentile).
 
 Usage::
 
-    python benchmarks/bench_search.py [--threads 1] [--supernet-dir DIR] [--workdir DIR] [--quick]
+    python benchmarks/bench_search.py [--threads 1] [--nproc 2] [--device cpu|cuda] [--supernet-dir DIR] [--quick]
 
 Without ``--supernet-dir`` a demo supernet is trained first (``run_supernet``, a few epochs on the generated
 data; reused from ``--workdir`` on the next run). CPU timings on shared machines are noisy: the ratio in (1) is
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -64,14 +67,15 @@ def bench_evaluator(model, data: Path, cfg: EvaluatorConfig, archs: list) -> dic
     probe = None
     if cfg.proxy == "linear_probe":  # throughput does not depend on the head's weights: an untrained head will do
         probe = (nn.Linear(model.student.backbone.feature_dim, 5), {"crop_min_scale": 0.08})
-    evaluator = build_evaluator(cfg, model, data / "train", data / "val", probe)
+    evaluator = build_evaluator(cfg.model_copy(update={"prefix_sharing": False}), model, data / "train",
+                                data / "val", probe)
     evaluator(archs[0])  # decodes and caches the fixed batches; not timed
     proxy = evaluator.proxy
     proxy.timings = t = Timings()
     views = [x.chunk(4)[0] if cfg.proxy == "contrastive" else x for x, _ in proxy.heldout]
     wall, ratios, bare, bare_layouts = 0.0, [], [], []
     for arch in archs[1:]:
-        images = t.recal_images + t.proxy_images
+        images = t.images
         t0 = time.perf_counter()
         evaluator(arch)
         dt = time.perf_counter() - t0
@@ -79,17 +83,14 @@ def bench_evaluator(model, data: Path, cfg: EvaluatorConfig, archs: list) -> dic
         layouts = [bare_images_per_s(model, arch, views, cl) for cl in (False, True)]
         bare_layouts.append(layouts)
         bare.append(max(layouts))
-        ratios.append((t.recal_images + t.proxy_images - images) / dt / bare[-1])
+        ratios.append((t.images - images) / dt / bare[-1])
     return {"proxy": cfg.proxy, "evaluations_per_s": t.evaluations / wall,
-            "images_per_evaluation": (t.recal_images + t.proxy_images) / t.evaluations,
-            "evaluator_images_per_s": (t.recal_images + t.proxy_images) / wall,
+            "images_per_evaluation": t.images / t.evaluations, "evaluator_images_per_s": t.images / wall,
             "bare_forward_images_per_s": statistics.median(bare),
             "bare_nchw_images_per_s": statistics.median(b[0] for b in bare_layouts),
             "bare_nhwc_images_per_s": statistics.median(b[1] for b in bare_layouts),
             "throughput_ratio": statistics.median(ratios), "throughput_ratio_min": min(ratios),
-            "recal_share": t.recal_s / wall, "proxy_share": t.proxy_s / wall,
-            "other_share": 1 - (t.recal_s + t.proxy_s) / wall,
-            "recal_images_per_s": t.recal_images / t.recal_s, "proxy_images_per_s": t.proxy_images / t.proxy_s}
+            "evaluator_share": t.seconds / wall}
 
 
 def demo_supernet(workdir: Path, data: Path, epochs: float) -> Path:
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--archs", type=int, default=6, help="architectures timed per proxy")
     parser.add_argument("--random-archs", type=int, default=20, help="random sample for the demo claim")
     parser.add_argument("--quick", action="store_true", help="smaller everything (a smoke run)")
+    parser.add_argument("--nproc", type=int, default=2, help="processes of the scaling run (1 skips it)")
+    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one GPU per process)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pinas").setLevel(logging.WARNING)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     space = model.space
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(args.archs + 1)]
-    ecfg = EvaluatorConfig(batch_size=32, recal_batches=4, heldout_images=64, reference_paths=2, device="cpu")
+    ecfg = EvaluatorConfig(batch_size=32, recal_batches=4, heldout_images=64, reference_paths=2, device=args.device)
     report: dict = {"threads": args.threads, "space": space.name, "supernet_dir": str(supernet_dir),
                     "evaluator_config": ecfg.model_dump(include={"batch_size", "recal_batches", "heldout_images",
                                                                  "reference_paths"})}
@@ -139,24 +142,35 @@ def main(argv: list[str] | None = None) -> dict:
               f"images/evaluation, evaluator {r['evaluator_images_per_s']:.0f} img/s vs bare subnet forward "
               f"{r['bare_forward_images_per_s']:.0f} img/s (NCHW {r['bare_nchw_images_per_s']:.0f}, NHWC "
               f"{r['bare_nhwc_images_per_s']:.0f}) -> ratio {r['throughput_ratio']:.2f} (min "
-              f"{r['throughput_ratio_min']:.2f}); time: recalibration {100 * r['recal_share']:.0f}% "
-              f"({r['recal_images_per_s']:.0f} img/s), proxy {100 * r['proxy_share']:.0f}% "
-              f"({r['proxy_images_per_s']:.0f} img/s), other {100 * r['other_share']:.1f}%")
+              f"{r['throughput_ratio_min']:.2f}); {100 * r['evaluator_share']:.0f}% of the time in the path "
+              "features")
 
     pop, gens = (6, 2) if args.quick else (12, 4)
     scfg = SearchConfig(evaluator=ecfg, population=pop, generations=gens, parents=pop // 3, mutations=pop // 2,
                         crossovers=pop // 2, top_k=5)
-    out = args.workdir / f"search-{supernet_dir.name}-{pop}x{gens}"
-    if (out / "search_state.json").exists():
-        (out / "search_state.json").unlink()  # time a whole search, not a no-op resume
-    t0 = time.perf_counter()
-    manifest = run_search(scfg, supernet_dir, data / "train", data / "val", out)
-    elapsed = time.perf_counter() - t0
-    evaluated = manifest["metrics"]["evaluated"]
-    report["search"] = {"population": pop, "generations": gens, "evaluated": evaluated, "seconds": elapsed,
-                        "evaluations_per_s": evaluated / elapsed}
-    print(f"== search: {pop} x {gens} generations, {evaluated} candidates in {elapsed:.1f} s -> "
-          f"{evaluated / elapsed:.2f} candidate evaluations/s (stage total: loading, cost table, plots included)")
+    searches = {}
+    for nproc in sorted({1, args.nproc}):
+        out = args.workdir / f"search-{supernet_dir.name}-{pop}x{gens}-{nproc}proc"
+        shutil.rmtree(out, ignore_errors=True)  # time a whole search, not a no-op resume
+        t0 = time.perf_counter()
+        manifest = run_search(scfg.model_copy(update={"nproc": nproc}), supernet_dir, data / "train", data / "val",
+                              out)
+        elapsed = time.perf_counter() - t0
+        evaluated = manifest["metrics"]["evaluated"]
+        searches[nproc] = {"population": pop, "generations": gens, "evaluated": evaluated, "seconds": elapsed,
+                           "evaluations_per_s": evaluated / elapsed, "result": json.loads((out / "result.json")
+                                                                                          .read_text())["best"]}
+        print(f"== search, {nproc} process(es): {pop} x {gens} generations, {evaluated} candidates in "
+              f"{elapsed:.1f} s -> {evaluated / elapsed:.2f} candidate evaluations/s (stage total: loading, "
+              "cost table, plots included)")
+    report["search"] = searches
+    if args.nproc > 1:
+        ratio = searches[args.nproc]["evaluations_per_s"] / searches[1]["evaluations_per_s"]
+        same = searches[args.nproc]["result"] == searches[1]["result"]
+        print(f"== scaling: {args.nproc} processes / 1 process = {ratio:.2f}x candidate evaluations per second "
+              f"(ideal {args.nproc}x; same best candidate: {same}); load {os.getloadavg()[0]:.2f}")
+        report["scaling_ratio"] = ratio
+    out = args.workdir / f"search-{supernet_dir.name}-{pop}x{gens}-1proc"
 
     result = json.loads((out / "result.json").read_text())
     evaluator = build_evaluator(ecfg, model, data / "train", data / "val")

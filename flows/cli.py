@@ -59,6 +59,10 @@ HEADLINE = {"supernet": ("first_loss", "final_loss"), "linear-probe": ("val_top1
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    if "node_rank" in summary:  # a follower node: node 0 prints the results
+        print(f"\npinas {summary['pinas_version']} — node {summary['node_rank']} joined "
+              f"{', '.join(summary['stages'])} in {summary['run_root']}")
+        return
     print(f"\npinas {summary['pinas_version']} — profile {summary['profile']} — run root {summary['run_root']}")
     for name, record in summary["stages"].items():
         shown = {k: record["metrics"][k] for k in HEADLINE.get(name, ()) if k in record["metrics"]}

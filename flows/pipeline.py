@@ -26,6 +26,8 @@ from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publ
 from pinas import __version__
 from pinas.config import SEARCHED, PipelineConfig, Profile, load_config, needed_datasets
 from pinas.data.sources import resolve_datasets
+from pinas.engine.launch import SINGLE_NODE, Nodes
+from pinas.engine.placement import DevicePool
 from pinas.io.artifacts import atomic_write_json, check_writable_dir, publish_copy
 from pinas.io.locking import hold
 from pinas.io.stage_dirs import ExportDir, SearchDir, TransferDir
@@ -77,31 +79,33 @@ def preflight_task(config: Any, datasets: dict[str, dict], run_root: str) -> Non
 
 
 @task(name="supernet", **STAGE_TASK)
-def supernet_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+def supernet_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
+                  nodes: Nodes = SINGLE_NODE) -> dict:
     """Stage 1: unsupervised supernet-Pi training."""
     with claim(stage, config, upstream, run_root) as (key, folder):
-        run_supernet(config, _path(upstream["imagenet"], "train"), folder, progress_reporter(stage))
+        run_supernet(config, _path(upstream["imagenet"], "train"), folder, progress_reporter(stage), nodes)
         return _finish(stage, "Supernet-Pi training", folder, key)
 
 
 @task(name="linear-probe", **STAGE_TASK)
-def probe_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+def probe_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str, nodes: Nodes = SINGLE_NODE) -> dict:
     """The shared linear classifier on the frozen supernet (needed by the linear-probe proxy)."""
     with claim(stage, config, upstream, run_root) as (key, folder):
         imagenet = upstream["imagenet"]
         run_linear_probe(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), folder,
-                         _path(imagenet, "val"), progress_reporter(stage))
+                         _path(imagenet, "val"), progress_reporter(stage), nodes)
         return _finish(stage, "Linear probe", folder, key)
 
 
 @task(name="search", **STAGE_TASK)
-def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
+                nodes: Nodes = SINGLE_NODE) -> dict:
     """Stage 2: evolutionary search on the trained supernet."""
     with claim(stage, config, upstream, run_root) as (key, folder):
         imagenet = upstream["imagenet"]
         probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
         run_search(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), _path(imagenet, "val"), folder,
-                   probe, progress_reporter(stage))
+                   probe, progress_reporter(stage), rendezvous=nodes)
         record = _finish(stage, "Evolutionary search", folder, key)
         result = SearchDir(folder).result()
         publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
@@ -113,21 +117,24 @@ def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: st
 
 
 @task(name="retrain", **STAGE_TASK)
-def retrain_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
+def retrain_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
+                 nodes: Nodes = SINGLE_NODE) -> dict:
     """Stage 3: the chosen architecture trained from scratch on ImageNet-format data."""
     with claim(stage, config, upstream, run_root) as (key, folder):
-        run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress_reporter(stage))
+        run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress_reporter(stage), rendezvous=nodes)
         record = _finish(stage, "Retraining", folder, key)
         publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"]), "retrain vs the paper")
         return record
 
 
 @task(name="transfer", **STAGE_TASK)
-def transfer_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
-    """Stage 4: one OpenMMLab downstream task on the retrained backbone."""
-    with claim(stage, config, upstream, run_root) as (key, folder):
+def transfer_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str, devices: int = 1) -> dict:
+    """Stage 4: one OpenMMLab downstream task on the retrained backbone, on ``devices`` of the node's pool."""
+    with claim(stage, config, upstream, run_root) as (key, folder), DEVICE_POOLS[run_root].lease(devices) as ids:
         name = stage.split("-", 1)[1]
-        run_transfer_stage(name, config, Path(upstream["retrain"]["dir"]), Path(upstream[name]["path"]), folder)
+        log.info("%s: %s devices %s", stage, DEVICE_POOLS[run_root].kind, ids)
+        run_transfer_stage(name, config, Path(upstream["retrain"]["dir"]), Path(upstream[name]["path"]), folder,
+                           env=DEVICE_POOLS[run_root].env(ids, config.nproc))
         record = _finish(stage, f"Transfer: {name}", folder, key)
         publish_table(f"{stage}-vs-paper", compare_rows(name, record["metrics"]), f"{name} vs the paper")
         return record
@@ -169,6 +176,8 @@ def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None =
     route_library_logs()
     config = config or load_config(config_file, profile, overrides)
     root = str(check_writable_dir(Path(run_root)))
+    if config.nodes.rank:
+        return join_as_follower(config, root)
     with alive(Path(root), FlowRunContext.get().flow_run.id):
         stages, seconds, datasets, failed = run_stages(config, root)
     summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root,
@@ -186,12 +195,70 @@ def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None =
     return summary
 
 
+#: the device pool the concurrent transfers of a run (by run root) lease from
+DEVICE_POOLS: dict[str, DevicePool] = {}
+
+
+def device_pool(config: PipelineConfig) -> DevicePool:
+    """This node's GPUs (``devices`` of them) when the transfers run on CUDA, else its CPU cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        if torch.cuda.device_count() < config.devices:
+            raise ValueError(f"devices = {config.devices}, but this node has {torch.cuda.device_count()} GPU(s)")
+        return DevicePool(config.devices, "cuda")
+    return DevicePool(os.cpu_count() or 1, "cpu")
+
+
 class StagesFailed(RuntimeError):
     """Some independent stages (transfers) failed; the others finished. ``summary`` is the run's summary."""
 
     def __init__(self, summary: dict[str, Any], message: str):
         super().__init__(message)
         self.summary = summary
+
+
+def join_as_follower(config: PipelineConfig, root: str, poll_s: float = 1.0,
+                     timeout_s: float = 3600.0) -> dict[str, Any]:
+    """The pipeline on a node other than 0: its processes join each distributed stage, node 0 writes the results.
+
+    The run root and the data must be on a filesystem all nodes share. For each distributed stage in order this
+    computes the stage's folder exactly as node 0 does (same config, same upstream digests), joins the torchrun job,
+    then waits for node 0's manifest before the next stage (whose inputs it is). Transfers and export run on node 0.
+    """
+    datasets = resolve_datasets(config.data, Path(root), ("imagenet",))
+    imagenet, records = datasets["imagenet"], {}
+
+    def join(stage: str, stage_cfg: Any, upstream: dict[str, dict], launch) -> dict:
+        folder = stage_dir(root, stage, key := stage_key(stage, stage_cfg, upstream_digests(upstream)))
+        log.info("node %d joins %s in %s", config.nodes.rank, stage, folder)
+        launch(folder)
+        deadline = time.monotonic() + timeout_s
+        while not (folder / "manifest.json").is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node 0 wrote no manifest in {folder} within {timeout_s:.0f} s")
+            time.sleep(poll_s)
+        records[stage] = stage_record(stage, folder, key)
+        return records[stage]
+
+    nodes, train, val = config.nodes, _path(imagenet, "train"), _path(imagenet, "val")
+    up = {"imagenet": imagenet}
+    if "supernet" in config.stages:
+        join("supernet", config.supernet, up, lambda f: run_supernet(config.supernet, train, f, rendezvous=nodes))
+    if "search" in config.stages:
+        sup = {**up, "supernet": records["supernet"]}
+        probe = None
+        if config.search.evaluator.proxy == "linear_probe":
+            probe = join("linear-probe", config.linear_probe, sup, lambda f: run_linear_probe(
+                config.linear_probe, Path(records["supernet"]["dir"]), train, f, val, rendezvous=nodes))
+            sup["probe"] = probe
+        join("search", config.search, sup, lambda f: run_search(
+            config.search, Path(records["supernet"]["dir"]), train, val, f, Path(probe["dir"]) if probe else None,
+            rendezvous=nodes))
+    if "retrain" in config.stages:
+        cfg = retrain_config(config, records.get("search"))
+        join("retrain", cfg, up, lambda f: run_retrain(cfg, Path(imagenet["path"]), f, rendezvous=nodes))
+    return {"pinas_version": __version__, "node_rank": nodes.rank, "run_root": root, "stages": records}
 
 
 def run_stages(config: PipelineConfig, root: str):
@@ -207,29 +274,30 @@ def run_stages(config: PipelineConfig, root: str):
     failed: dict[str, dict] = {}
     seconds: dict[str, float] = {}
 
-    def run(stage: str, fn, stage_config: Any, upstream: dict[str, dict]) -> dict:
+    def run(stage: str, fn, stage_config: Any, upstream: dict[str, dict], **extra: Any) -> dict:
         t = time.perf_counter()
-        stages[stage] = fn.with_options(result_storage=storage)(stage, stage_config, upstream, root)
+        stages[stage] = fn.with_options(result_storage=storage)(stage, stage_config, upstream, root, **extra)
         seconds[stage] = round(time.perf_counter() - t, 2)
         return stages[stage]
 
-    imagenet = {"imagenet": datasets["imagenet"]}
+    imagenet, nodes = {"imagenet": datasets["imagenet"]}, config.nodes
     if "supernet" in config.stages:
-        run("supernet", supernet_task, config.supernet, imagenet)
+        run("supernet", supernet_task, config.supernet, imagenet, nodes=nodes)
     if "search" in config.stages:
         upstream = {**imagenet, "supernet": stages["supernet"]}
         if config.search.evaluator.proxy == "linear_probe":
-            upstream["probe"] = run("linear-probe", probe_task, config.linear_probe, upstream)
-        run("search", search_task, config.search, upstream)
+            upstream["probe"] = run("linear-probe", probe_task, config.linear_probe, upstream, nodes=nodes)
+        run("search", search_task, config.search, upstream, nodes=nodes)
     if "retrain" in config.stages:
-        run("retrain", retrain_task, retrain_config(config, stages.get("search")), imagenet)
+        run("retrain", retrain_task, retrain_config(config, stages.get("search")), imagenet, nodes=nodes)
     if "transfer" in config.stages:
         t = time.perf_counter()
         futures = {}
-        for name, task_cfg in config.transfer.enabled().items():
+        DEVICE_POOLS[root] = device_pool(config)
+        for name, (task_cfg, devices) in config.transfer.placed(DEVICE_POOLS[root]).items():
             stage, upstream = f"transfer-{name}", {"retrain": stages["retrain"], name: datasets[name]}
             futures[stage] = (transfer_task.with_options(result_storage=storage).submit(stage, task_cfg, upstream,
-                                                                                        root),
+                                                                                        root, devices),
                               stage_dir(root, stage, stage_key(stage, task_cfg, upstream_digests(upstream))))
         for stage, (future, folder) in futures.items():
             future.wait()

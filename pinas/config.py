@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pinas.data.sources import DataConfig
+from pinas.engine.launch import Nodes
 from pinas.space import get_space
 from pinas.stages.export import ExportConfig
 from pinas.stages.linear_probe import LinearProbeConfig
@@ -27,6 +28,7 @@ Profile = Literal["demo", "paper"]
 StageName = Literal["supernet", "search", "retrain", "transfer", "export"]
 ALL_STAGES: tuple[str, ...] = ("supernet", "search", "retrain", "transfer", "export")
 SEARCHED = "searched"
+DISTRIBUTED_STAGES = ("supernet", "linear_probe", "search", "retrain")  # their nproc / nodes follow the devices
 
 
 class ConfigError(ValueError):
@@ -43,6 +45,9 @@ class PipelineConfig(BaseModel):
     arch: str = Field(SEARCHED, description="architecture that is retrained, transferred and exported: 'searched' "
                       "takes the search stage's best, anything else is an architecture string or name of "
                       "retrain.space (and replaces retrain.arch)")
+    devices: int = Field(1, ge=1, description="GPUs (processes) per node: every distributed stage's nproc unless "
+                                              "the stage sets its own, and the pool the transfers share")
+    nodes: Nodes = Field(default_factory=Nodes, description="machines: count, this one's rank, node 0's address")
     data: DataConfig = DataConfig()
     supernet: SupernetConfig = SupernetConfig()
     linear_probe: LinearProbeConfig = LinearProbeConfig()
@@ -50,6 +55,23 @@ class PipelineConfig(BaseModel):
     retrain: RetrainConfig = RetrainConfig()
     transfer: TransferConfig = TransferConfig()
     export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_use_the_devices(cls, data: Any) -> Any:
+        """A distributed stage without its own ``nproc`` / ``nodes`` takes the pipeline's ``devices`` / node count."""
+        if not isinstance(data, dict):
+            return data
+        devices = data.get("devices", 1)
+        nodes = data.get("nodes") or {}
+        count = nodes.get("count", 1) if isinstance(nodes, dict) else getattr(nodes, "count", 1)
+        data = dict(data)
+        for section in DISTRIBUTED_STAGES:
+            given = data.get(section) or {}
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            data[section] = {"nproc": devices, "nodes": count, **given}
+        return data
 
     @field_validator("arch", mode="before")
     @classmethod

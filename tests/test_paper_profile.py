@@ -35,7 +35,8 @@ def _segmentation(batch: int) -> dict:
 def paper_overrides(data: dict[str, Path]) -> dict:
     return {
         "data": {"source": "folders", **{k: str(v) for k, v in data.items()}},
-        "supernet": {"epochs": 0.4, "batch_size": 2, "nproc": 1, "num_workers": 0, "device": "cpu", "log_every": 1},
+        "devices": 1,
+        "supernet": {"epochs": 0.4, "batch_size": 2, "num_workers": 0, "device": "cpu", "log_every": 1},
         "search": {"population": 2, "generations": 1, "parents": 1, "mutations": 0, "crossovers": 0, "top_k": 2,
                    "evaluator": {"batch_size": 2, "recal_batches": 1, "heldout_images": 2, "reference_paths": 1,
                                  "device": "cpu"}},

@@ -3,6 +3,10 @@
 A flow task cannot interrupt one long call into torch, and DDP needs one process per device, so multi-process
 training runs as ``python -m torch.distributed.run --nproc_per_node N -m <module> ...``. Its output is streamed into
 the caller's log line by line and a non-zero exit raises, so Prefect's retries apply.
+
+Across nodes (:class:`Nodes`), every node runs the same command with its own ``--node-rank``; torchrun's static
+rendezvous at node 0's address gives global rank ``node_rank * nproc + local_rank``, so a job of 2 nodes x 2
+processes computes what 1 node x 4 processes does.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 log = logging.getLogger("pinas")
 
 
@@ -22,13 +28,39 @@ class LaunchError(RuntimeError):
     pass
 
 
+class Nodes(BaseModel):
+    """The machines a distributed stage spans. Every node runs the pipeline with the same config but its ``rank``;
+    node 0 writes the stage folders, on a filesystem all nodes share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(1, ge=1, description="machines; every distributed stage runs nproc processes on each")
+    rank: int = Field(0, ge=0, description="this machine's rank (0: the one that writes the results)")
+    master_addr: str = Field("127.0.0.1", description="address of node 0, where torchrun's rendezvous listens")
+    master_port: int = Field(29500, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _rank_in_range(self) -> Nodes:
+        if self.rank >= self.count:
+            raise ValueError(f"rank {self.rank} is not below count {self.count}")
+        return self
+
+    def torchrun_args(self, nproc: int) -> list[str]:
+        if self.count == 1:
+            return ["--standalone", f"--nproc_per_node={nproc}"]
+        return [f"--nnodes={self.count}", f"--node_rank={self.rank}", f"--nproc_per_node={nproc}",
+                f"--master_addr={self.master_addr}", f"--master_port={self.master_port}"]
+
+
+SINGLE_NODE = Nodes()
+
+
 def run_module(module: str, args: Sequence[str], nproc: int = 1, env: dict[str, str] | None = None,
-               log_file: Path | None = None) -> None:
-    """Run ``python -m module args`` (through torchrun for ``nproc > 1``), streaming its output to the log (and to
-    ``log_file``, appended, when given)."""
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", module, *args]
+               log_file: Path | None = None, nodes: Nodes = SINGLE_NODE) -> None:
+    """Run ``python -m module args`` (through torchrun for ``nproc > 1`` or several nodes), streaming its output to
+    the log (and to ``log_file``, appended, when given)."""
+    if nproc > 1 or nodes.count > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_args(nproc), "-m", module, *args]
     else:
         cmd = [sys.executable, "-m", module, *args]
     log.info("launching: %s", " ".join(cmd))

@@ -35,9 +35,11 @@ BN = nn.modules.batchnorm._BatchNorm
 
 @dataclass
 class BlockCounter:
-    """Layer forwards (one searchable block on one batch), the unit of evaluation cost."""
+    """The unit of evaluation cost: one searchable block on one batch (``blocks``); the stem (three 3x3 convs at
+    the highest resolution) counted apart (``stems``)."""
 
     blocks: int = 0
+    stems: int = 0
 
 
 def _pool(x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +65,9 @@ def features_per_path(backbone: PiNASBackbone, requests: Sequence[Request], reca
                 for view in dict.fromkeys(wanted):
                     out.setdefault((arch, view), []).append(backbone(select(x, view), arch))
         if counter is not None:
-            counter.blocks += layers * (len(recal) + len(heldout) * len(set(wanted)))
+            passes = len(recal) + len(heldout) * len(set(wanted))
+            counter.blocks += layers * passes
+            counter.stems += passes
     return out
 
 
@@ -142,6 +146,7 @@ def features_by_prefix(backbone: PiNASBackbone, requests: Sequence[Request], rec
                         out.setdefault((p, view), []).append(_pool(acts[len(p)]))
         if counter is not None:
             counter.blocks += len(prefixes) * len(recal) + sum(len(ps) for ps in view_prefixes.values()) * len(heldout)
+            counter.stems += len(recal) + len(view_prefixes) * len(heldout)
     return out
 
 

@@ -106,8 +106,13 @@ class ContrastiveProxy(_PathProxy):
     As in training, with views v1..v4 of an image: queries come from the student (v1 on the candidate, v3 on the
     reference), keys from the teacher (v2 on the candidate, v4 on the reference), positives are cross-path
     (q_cand with k_ref, q_ref with k_cand), negatives the trained queue. Each path is recalibrated (student and
-    teacher BNs) before it embeds; the candidate's embeddings are reused for every reference path. The reference
-    paths are drawn from a generator seeded with (seed, arch), so they are fixed for a given architecture.
+    teacher BNs) before it embeds; the candidate's embeddings are reused for every reference path.
+
+    Reference path r of a candidate is the candidate with every layer's choice moved by a random, nonzero offset
+    drawn once per search from ``seed`` (``(choice + offset_r[layer]) mod choices``): a random path that differs
+    from the candidate at every layer, as in training, and fixed for a given (seed, arch). One offset for all
+    candidates makes the references of candidates that share a prefix share it too, so prefix sharing saves as
+    much on the references as on the candidates.
     """
 
     name = "contrastive"
@@ -116,11 +121,14 @@ class ContrastiveProxy(_PathProxy):
                  seed: int = 0, prefix_sharing: bool = True):
         super().__init__(recal, heldout, prefix_sharing)
         self.model, self.reference_paths, self.seed = model, reference_paths, seed
+        space = model.space
+        self.offsets = np.random.default_rng([seed, 4242]).integers(1, space.num_choices,
+                                                                   size=(reference_paths, space.num_layers))
 
     def references(self, arch: Arch) -> list[Arch]:
         """The reference paths of ``arch``: fixed for a given (seed, arch), differing from it at every layer."""
-        rng = np.random.default_rng([self.seed, *arch])
-        return [self.model.space.sample_differing(arch, rng) for _ in range(self.reference_paths)]
+        n = self.model.space.num_choices
+        return [tuple(int((c + o) % n) for c, o in zip(arch, offset)) for offset in self.offsets]
 
     def score_many(self, archs: Sequence[Arch]) -> list[Score]:
         student, teacher = self.model.student, self.model.teacher

@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from pinas.engine.checkpoint import check_same_settings
-from pinas.io.artifacts import ArtifactError
+from pinas.engine.launch import SINGLE_NODE, Nodes, run_module
+from pinas.io.artifacts import ArtifactError, atomic_write_json
 from pinas.io.stage_dirs import StageDir
 
 log = logging.getLogger("pinas")
@@ -27,6 +28,33 @@ class StageConfig(BaseModel):
     @classmethod
     def settings_of(cls, dumped: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in dumped.items() if k not in cls.runtime_fields}
+
+
+class DistributedStageConfig(StageConfig):
+    """A stage that runs on ``nproc`` processes on each of ``nodes`` machines (torchrun); in a pipeline both
+    default to its ``devices`` and ``nodes.count``."""
+
+    nproc: int = Field(1, ge=1, description="processes (GPUs) per node; > 1 launches torchrun (default: the "
+                                            "pipeline's devices)")
+    nodes: int = Field(1, ge=1, description="machines the stage spans (the pipeline's nodes.count)")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nodes
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launch(module: str, cfg: DistributedStageConfig, folder: StageDir, args: list[str],
+           rendezvous: Nodes = SINGLE_NODE) -> None:
+    """Run a stage's ``main`` under torchrun on this node (the config travels as JSON in the stage folder)."""
+    if rendezvous.count != cfg.nodes:
+        raise ValueError(f"the stage spans {cfg.nodes} node(s), the rendezvous describes {rendezvous.count}")
+    config = folder / "launch_config.json"
+    atomic_write_json(config, cfg.model_dump(mode="json"))
+    run_module(module, ["--config", str(config), *args], nproc=cfg.nproc, nodes=rendezvous)
 
 
 def finished_run(folder: StageDir, cfg: StageConfig) -> dict[str, Any] | None:

@@ -12,6 +12,8 @@ manifest.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -23,19 +25,20 @@ from torch import nn
 
 from pinas.data.images import DataError, ImageFolderDataset, batch_loader, check_classes, scan_image_folder
 from pinas.data.transforms import CropFlip
-from pinas.engine.distributed import resolve_device
+from pinas.engine.distributed import barrier, broadcast_object, init_distributed, resolve_device, shutdown, wrap_ddp
+from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.loop import ProgressFn, TrainLoop, default_hooks
 from pinas.engine.sampler import EpochBatchSampler
 from pinas.engine.schedules import set_lr, step_decay_lr
 from pinas.engine.steplog import read_step_log
 from pinas.io.stage_dirs import ProbeDir, SupernetDir
 from pinas.search.evaluation import EvaluatorConfig, build_evaluator, default_decode_size
-from pinas.stages.common import StageConfig, finished_run
+from pinas.stages.common import DistributedStageConfig, finished_run, launch
 
 log = logging.getLogger("pinas")
 
 
-class LinearProbeConfig(StageConfig):
+class LinearProbeConfig(DistributedStageConfig):
     """Linear-probe training; defaults are the paper's (lr 30, momentum 0.9, no weight decay, x0.1 at 60%/80%)."""
 
     epochs: float = Field(100, gt=0)
@@ -61,35 +64,37 @@ def train_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, out
     """Train (or resume) the probe; ``stop_after`` ends early after that many steps (an interruption on purpose,
     checkpointed first)."""
     folder = ProbeDir(out_dir)
-    device = resolve_device(cfg.device)
+    info = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, info)
     model = SupernetDir(supernet_dir).load(device)
     backbone, space = model.student.backbone, model.space
     dataset = ImageFolderDataset(train_dir, cfg.decode_size or default_decode_size(space))
-    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed)
+    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, info)
     total = max(1, round(cfg.epochs * sampler.batches_per_epoch))
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial head on every rank
     head = nn.Linear(backbone.feature_dim, len(dataset.classes)).to(device)
     nn.init.normal_(head.weight, 0.0, 0.01)
     nn.init.zeros_(head.bias)
+    net = wrap_ddp(head, device, info)
     optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     augment = CropFlip(space.input_size, cfg.crop_min_scale).to(device)
     path_rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed + 1)  # augmentation stream
+    torch.manual_seed(cfg.seed * 1000 + info.rank + 1)  # per-rank augmentation stream
 
     def step(i: int, batch) -> dict:
         images, labels = batch[0].to(device), batch[1].to(device)
         set_lr(optimizer, step_decay_lr(cfg.lr, i, total, cfg.milestones, cfg.lr_decay))
-        arch = space.sample(path_rng)
+        arch = broadcast_object(space.sample(path_rng) if info.is_main else None, info)  # one path for all ranks
         with torch.no_grad():
             features = backbone(augment(images), arch)
-        logits = head(features)
+        logits = net(features)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         top1 = 100.0 * (logits.detach().argmax(1) == labels).float().mean()
-        return {"loss": loss.detach(), "train_top1": top1, "images": labels.numel(),
+        return {"loss": loss.detach(), "train_top1": top1, "images": labels.numel() * info.world_size,
                 "lr": optimizer.param_groups[0]["lr"]}
 
     loop = TrainLoop(
@@ -98,15 +103,17 @@ def train_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, out
         state={"head": head, "optimizer": optimizer},
         settings={**cfg.settings(), "supernet": SupernetDir(supernet_dir).manifest()["files"],
                   "train_images": len(dataset), "classes": dataset.classes},
-        hooks=default_hooks(out_dir, cfg.log_every, cfg.checkpoint_every, progress), np_rng=path_rng, device=device,
-        description=f"space {space.name}, {len(dataset)} images, {len(dataset.classes)} classes, {total} steps, "
-                    f"lr {cfg.lr:.4g}, device {device}")
+        hooks=default_hooks(out_dir, cfg.log_every, cfg.checkpoint_every, progress), info=info, np_rng=path_rng,
+        device=device, description=f"space {space.name}, {len(dataset)} images, {len(dataset.classes)} classes, "
+                                   f"{total} steps, {info.world_size} process(es), lr {cfg.lr:.4g}, device {device}")
     backbone.train()  # frozen weights, BN on batch statistics (the released code's norm_eval=False)
     stopped = loop.run(stop_after)
     if stopped is not None:
         return {"stopped_at": stopped}
-    folder.write(head, {"classes": dataset.classes, "feature_dim": backbone.feature_dim, "space": space.name,
-                        "steps": total, "crop_min_scale": cfg.crop_min_scale})
+    if info.is_main:
+        folder.write(head, {"classes": dataset.classes, "feature_dim": backbone.feature_dim, "space": space.name,
+                            "steps": total, "crop_min_scale": cfg.crop_min_scale})
+    barrier(info)
     return _summary(folder)
 
 
@@ -117,9 +124,11 @@ def _summary(folder: ProbeDir) -> dict:
 
 
 def run_linear_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, out_dir: Path,
-                     val_dir: Path | None = None, progress: ProgressFn | None = None) -> dict:
-    """The stage: train the probe, report val top-1 of ``cfg.val_archs`` random architectures when ``val_dir``
-    is given, write the manifest. Inputs are checked before any training."""
+                     val_dir: Path | None = None, progress: ProgressFn | None = None,
+                     rendezvous: Nodes = SINGLE_NODE) -> dict | None:
+    """The stage: train the probe (under torchrun when distributed: one path per step for all ranks, drawn on rank
+    0), report val top-1 of ``cfg.val_archs`` random architectures when ``val_dir`` is given, write the manifest.
+    Inputs are checked before any training. On a node other than 0: joins the job, returns None."""
     folder = ProbeDir(out_dir)
     SupernetDir(supernet_dir).settings()  # a finished, intact supernet stage
     _, classes = scan_image_folder(train_dir)
@@ -131,7 +140,14 @@ def run_linear_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path
     if finished is not None:
         return finished
     folder.path.mkdir(parents=True, exist_ok=True)
-    metrics = train_probe(cfg, Path(supernet_dir), Path(train_dir), folder.path, progress)
+    if not cfg.distributed:
+        metrics = train_probe(cfg, Path(supernet_dir), Path(train_dir), folder.path, progress)
+    else:
+        launch("pinas.stages.linear_probe", cfg, folder, ["--supernet", str(supernet_dir), "--train-dir",
+                                                         str(train_dir), "--out", str(folder.path)], rendezvous)
+        if rendezvous.rank:
+            return None
+        metrics = _summary(folder)
     if val_dir is not None and cfg.val_archs:
         metrics.update(probe_val_top1(cfg, Path(supernet_dir), Path(train_dir), Path(val_dir), folder))
     return folder.write_manifest(ProbeDir.OUTPUTS, cfg.model_dump(mode="json"), metrics)
@@ -149,3 +165,21 @@ def probe_val_top1(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, 
     rng = np.random.default_rng(cfg.seed)
     accs = {model.space.format(a): evaluator(a).acc for a in (model.space.sample(rng) for _ in range(cfg.val_archs))}
     return {"val_top1_mean": round(float(np.mean(list(accs.values()))), 3), "val_top1": accs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Linear-probe training (one process; torchrun starts several)")
+    parser.add_argument("--config", required=True, type=Path, help="JSON of LinearProbeConfig")
+    parser.add_argument("--supernet", required=True, type=Path, help="the supernet stage folder")
+    parser.add_argument("--train-dir", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = LinearProbeConfig.model_validate(json.loads(args.config.read_text()))
+    train_probe(cfg, args.supernet, args.train_dir, args.out, stop_after=args.stop_after)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -38,15 +38,15 @@ from pinas.engine.distributed import (
     use_amp,
     wrap_ddp,
 )
-from pinas.engine.launch import run_module
+from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.loop import ProgressFn, TrainLoop, default_hooks
 from pinas.engine.sampler import EpochBatchSampler
 from pinas.engine.schedules import cosine_lr, set_lr
-from pinas.io.artifacts import ArtifactError, atomic_write_json
+from pinas.io.artifacts import ArtifactError
 from pinas.io.stage_dirs import RetrainDir, SupernetDir
 from pinas.models.backbone import Classifier, build_subnet
 from pinas.space import get_space
-from pinas.stages.common import StageConfig, finished_run
+from pinas.stages.common import DistributedStageConfig, StageConfig, finished_run, launch
 
 log = logging.getLogger("pinas")
 OUTPUTS = RetrainDir.OUTPUTS
@@ -61,7 +61,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
 }
 
 
-class RetrainConfig(StageConfig):
+class RetrainConfig(DistributedStageConfig):
     """Hyper-parameters of retraining; the defaults are the ResNeSt-50 recipe (method doc section 4)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -93,7 +93,6 @@ class RetrainConfig(StageConfig):
     amp: Literal["auto", "on", "off"] = "auto"
     channels_last: bool = False
     device: str = "auto"
-    nproc: int = Field(1, ge=1, description="processes (GPUs); > 1 launches torchrun")
     num_workers: int = Field(4, ge=0)
     checkpoint_every: int = Field(1, ge=1)
     checkpoint_unit: Literal["epochs", "steps"] = "epochs"
@@ -166,10 +165,10 @@ def validate_inputs(cfg: RetrainConfig, data_dir: str | Path, supernet: str | Pa
         only_val = sorted(set(val_classes) - set(train_classes))
         raise DataError(f"data_dir {data_dir}: train/ and val/ have different classes: only in train/: "
                         f"{only_train or 'none'}, only in val/: {only_val or 'none'}")
-    global_batch = cfg.batch_size * cfg.nproc
+    global_batch = cfg.batch_size * cfg.world_size
     if len(train) < global_batch:
         raise DataError(f"data_dir {data_dir}: train/ has {len(train)} images, fewer than one global batch "
-                        f"(batch_size {cfg.batch_size} x nproc {cfg.nproc})")
+                        f"(batch_size {cfg.batch_size} x nproc {cfg.nproc} x nodes {cfg.nodes})")
     if cfg.init_from_supernet:
         if supernet is None:
             raise ValueError("init_from_supernet is set but no supernet artifact was given")
@@ -309,11 +308,12 @@ def train_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path,
 
 
 def run_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path, progress: ProgressFn | None = None,
-                supernet: str | Path | None = None) -> dict:
-    """The stage: validate, train here (or under torchrun for ``cfg.nproc > 1``), write the manifest.
+                supernet: str | Path | None = None, rendezvous: Nodes = SINGLE_NODE) -> dict | None:
+    """The stage: validate, train here (or under torchrun when distributed), write the manifest.
 
     ``supernet`` (the supernet stage folder or its ``supernet.pt``) is needed only with ``cfg.init_from_supernet``.
-    A finished run in ``out_dir`` with the same config is returned as it is.
+    A finished run in ``out_dir`` with the same config is returned as it is. On a node other than 0 this node's
+    processes join the job and node 0 writes the outputs: returns None.
     """
     data_dir, folder = Path(data_dir), RetrainDir(out_dir)
     classes = validate_inputs(cfg, data_dir, supernet)  # before anything is written
@@ -321,13 +321,14 @@ def run_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path, p
     if finished is not None:
         return finished
     folder.path.mkdir(parents=True, exist_ok=True)
-    if cfg.nproc == 1:
+    if not cfg.distributed:
         train_retrain(cfg, data_dir, folder.path, progress, supernet)
     else:
-        atomic_write_json(folder / "launch_config.json", cfg.model_dump(mode="json"))
-        args = ["--config", str(folder / "launch_config.json"), "--data-dir", str(data_dir), "--out", str(folder.path)]
-        run_module("pinas.stages.retrain", args + (["--supernet", str(supernet)] if supernet else []),
-                   nproc=cfg.nproc)
+        args = ["--data-dir", str(data_dir), "--out", str(folder.path)]
+        launch("pinas.stages.retrain", cfg, folder, args + (["--supernet", str(supernet)] if supernet else []),
+               rendezvous)
+        if rendezvous.rank:
+            return None
     metrics = folder.metrics()
     summary = {k: metrics[k] for k in ("top1", "top5", "steps", "wall_s")}
     return folder.write_manifest(OUTPUTS, cfg.model_dump(mode="json"), summary,

@@ -12,6 +12,8 @@ latency], random-population median), ``fitness.png``, ``pareto.png`` and the man
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from pydantic import Field
 from pinas.data.images import check_classes, scan_image_folder
 from pinas.data.transforms import MocoV2Views
 from pinas.engine.checkpoint import check_same_settings
-from pinas.engine.distributed import resolve_device
+from pinas.engine.distributed import barrier, init_distributed, resolve_device, shutdown
+from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.loop import ProgressFn
 from pinas.io.stage_dirs import ProbeDir, SearchDir, SupernetDir
 from pinas.plots import plot_fitness, plot_pareto
@@ -29,14 +32,14 @@ from pinas.search.constraints import ConstraintConfig, Constraints, LatencyFn, L
 from pinas.search.evaluation import Evaluator, EvaluatorConfig, build_evaluator
 from pinas.search.evolution import EvolutionConfig, EvolutionSearch
 from pinas.search.proxies import BNGammaProxy
-from pinas.stages.common import StageConfig
+from pinas.stages.common import DistributedStageConfig, launch
 
 log = logging.getLogger("pinas")
 #: evaluator settings that change how fast a score is computed, not the score
 EVALUATOR_RUNTIME_FIELDS = frozenset({"cache_mb", "num_workers", "prefix_sharing"})
 
 
-class SearchConfig(StageConfig, EvolutionConfig, ConstraintConfig):
+class SearchConfig(DistributedStageConfig, EvolutionConfig, ConstraintConfig):
     """Evolution, constraints and the evaluator; defaults are SPOS's (50 x 20, top 10, 25 + 25, p = 0.1)."""
 
     evaluator: EvaluatorConfig = EvaluatorConfig()
@@ -44,23 +47,46 @@ class SearchConfig(StageConfig, EvolutionConfig, ConstraintConfig):
                                                             "default: classes of train_dir")
 
     def settings(self) -> dict[str, Any]:
-        dumped = self.model_dump(mode="json")
+        """What the result depends on: not the processes that share the work (every rank scores alike)."""
+        dumped = self.model_dump(mode="json", exclude={"nproc", "nodes"})
         dumped["evaluator"] = {k: v for k, v in dumped["evaluator"].items() if k not in EVALUATOR_RUNTIME_FIELDS}
         return dumped
 
 
 def run_search(cfg: SearchConfig, supernet_dir: Path, train_dir: Path, val_dir: Path, out_dir: Path,
                probe_dir: Path | None = None, progress: ProgressFn | None = None, latency_fn: LatencyFn | None = None,
-               stop_after_generation: int | None = None) -> dict:
+               stop_after_generation: int | None = None, rendezvous: Nodes = SINGLE_NODE) -> dict | None:
     """The stage: validate inputs, evolve (resuming from ``search_state.json``), write the results.
 
     ``train_dir`` feeds BN recalibration, ``val_dir`` the held-out proxy images; ``probe_dir`` is the finished
     ``linear_probe`` stage (needed when ``cfg.evaluator.proxy == "linear_probe"``). ``latency_fn`` (arch -> ms)
-    overrides ``cfg.latency_table``. ``stop_after_generation`` returns after that generation is saved, as if the
-    process had been killed there (for tests of resumption).
+    overrides ``cfg.latency_table`` (in this process only). ``stop_after_generation`` returns after that generation
+    is saved, as if the process had been killed there (for tests of resumption). Distributed (``nproc`` / ``nodes``),
+    the search runs under torchrun: every rank scores its share of each generation, the evolution runs identically
+    on every rank, rank 0 writes; on a node other than 0 this returns None.
     """
-    folder, supernet = SearchDir(out_dir), SupernetDir(supernet_dir)
-    supernet_cfg = supernet.settings()
+    inputs = _check_inputs(cfg, supernet_dir, train_dir, val_dir, probe_dir)
+    if not cfg.distributed:
+        return evolve(cfg, supernet_dir, train_dir, val_dir, out_dir, probe_dir, progress, latency_fn,
+                      stop_after_generation, inputs)
+    if latency_fn is not None:
+        raise ValueError("latency_fn works in one process only; give latency_table to a distributed search")
+    args = ["--supernet", str(supernet_dir), "--train-dir", str(train_dir), "--val-dir", str(val_dir),
+            "--out", str(out_dir)] + (["--probe", str(probe_dir)] if probe_dir else [])
+    if stop_after_generation is not None:
+        args += ["--stop-after-generation", str(stop_after_generation)]
+    SearchDir(out_dir).path.mkdir(parents=True, exist_ok=True)
+    launch("pinas.stages.search", cfg, SearchDir(out_dir), args, rendezvous)
+    if rendezvous.rank:
+        return None
+    folder = SearchDir(out_dir)
+    return folder.manifest() if folder.finished else {"stopped_after_generation": folder.read_state()["generation"]}
+
+
+def _check_inputs(cfg: SearchConfig, supernet_dir: Path, train_dir: Path, val_dir: Path,
+                  probe_dir: Path | None) -> tuple[dict, list[str], tuple | None]:
+    """(the supernet's settings, the training classes, the probe): checked before anything is computed."""
+    supernet_cfg = SupernetDir(supernet_dir).settings()
     _, classes = scan_image_folder(train_dir)
     scan_image_folder(val_dir)
     probe = None
@@ -72,7 +98,17 @@ def run_search(cfg: SearchConfig, supernet_dir: Path, train_dir: Path, val_dir: 
             raise ValueError(f"probe_dir {probe_dir} was trained on space {probe[1]['space']!r}, the supernet is "
                              f"{supernet_cfg['space']!r}")
         check_classes(probe[1]["classes"], Path(val_dir), "val_dir")
-    device = resolve_device(cfg.evaluator.device)
+    return supernet_cfg, classes, probe
+
+
+def evolve(cfg: SearchConfig, supernet_dir: Path, train_dir: Path, val_dir: Path, out_dir: Path,
+           probe_dir: Path | None = None, progress: ProgressFn | None = None, latency_fn: LatencyFn | None = None,
+           stop_after_generation: int | None = None, inputs: tuple | None = None) -> dict:
+    """The search in this process (one rank under torchrun)."""
+    folder, supernet = SearchDir(out_dir), SupernetDir(supernet_dir)
+    supernet_cfg, classes, probe = inputs or _check_inputs(cfg, supernet_dir, train_dir, val_dir, probe_dir)
+    info = init_distributed(cfg.evaluator.device)
+    device = resolve_device(cfg.evaluator.device, info)
     model = supernet.load(device)
     space = model.space
     latency = latency_fn or (LatencyTable.load(cfg.latency_table, space) if cfg.latency_table else None)
@@ -82,8 +118,10 @@ def run_search(cfg: SearchConfig, supernet_dir: Path, train_dir: Path, val_dir: 
     constraints = Constraints.from_config(cfg)
     constraints.check_reachable(cost, latency if isinstance(latency, LatencyTable) else None)
 
+    if probe is not None:
+        probe = (probe[0].to(device), probe[1])
     evaluator = build_evaluator(cfg.evaluator, model, train_dir, val_dir, probe, device,
-                                MocoV2Views.from_settings(space.input_size, supernet_cfg))
+                                MocoV2Views.from_settings(space.input_size, supernet_cfg), info)
     search = EvolutionSearch(cfg, space, evaluator, cost, constraints, latency, BNGammaProxy(model.student.backbone))
     # what the result depends on: the settings, the supernet (and probe) files, the latency source
     fingerprint = {"config": cfg.settings(), "space": supernet_cfg["space"], "supernet": supernet.manifest()["files"],
@@ -94,15 +132,20 @@ def run_search(cfg: SearchConfig, supernet_dir: Path, train_dir: Path, val_dir: 
     if state is not None:
         check_same_settings(state.get("fingerprint", {}), fingerprint, folder / SearchDir.STATE, "search state")
         search.load_state_dict(state)
-        log.info("search: resuming at generation %d (%d candidates already scored)", search.generation + 1,
-                 len(search.candidates))
+        if info.is_main:
+            log.info("search: resuming at generation %d (%d candidates already scored)", search.generation + 1,
+                     len(search.candidates))
     while search.generation + 1 < cfg.generations:
-        if not search.run_generation(progress):
+        if not search.run_generation(progress if info.is_main else None):
             break
-        folder.write_state({"fingerprint": fingerprint, **search.state_dict()}, search.candidates)
+        if info.is_main:
+            folder.write_state({"fingerprint": fingerprint, **search.state_dict()}, search.candidates)
         if stop_after_generation is not None and search.generation >= stop_after_generation:
+            barrier(info)
             return {"stopped_after_generation": search.generation}
-    return _finish(cfg, search, folder, evaluator)
+    manifest = _finish(cfg, search, folder, evaluator) if info.is_main else {}
+    barrier(info)
+    return manifest
 
 
 def _finish(cfg: SearchConfig, search: EvolutionSearch, folder: SearchDir, evaluator: Evaluator) -> dict:
@@ -118,3 +161,24 @@ def _finish(cfg: SearchConfig, search: EvolutionSearch, folder: SearchDir, evalu
                "random_population_median_score": result["random_population_median_score"],
                "bn_gamma_kendall_tau": result["bn_gamma_kendall_tau"], "cache_hits": evaluator.hits}
     return folder.write_manifest(SearchDir.OUTPUTS, cfg.model_dump(mode="json"), metrics)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evolutionary search (one process; torchrun starts several)")
+    parser.add_argument("--config", required=True, type=Path, help="JSON of SearchConfig")
+    parser.add_argument("--supernet", required=True, type=Path, help="the supernet stage folder")
+    parser.add_argument("--train-dir", required=True, type=Path)
+    parser.add_argument("--val-dir", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--probe", type=Path, default=None, help="the linear_probe stage folder")
+    parser.add_argument("--stop-after-generation", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = SearchConfig.model_validate(json.loads(args.config.read_text()))
+    evolve(cfg, args.supernet, args.train_dir, args.val_dir, args.out, args.probe,
+           stop_after_generation=args.stop_after_generation)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -31,23 +31,22 @@ from pinas.engine.distributed import (
     use_amp,
     wrap_ddp,
 )
-from pinas.engine.launch import run_module
+from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.loop import ProgressFn, TrainLoop, default_hooks
 from pinas.engine.sampler import EpochBatchSampler
 from pinas.engine.schedules import cosine_lr, set_lr
 from pinas.engine.steplog import read_step_log
-from pinas.io.artifacts import atomic_write_json
 from pinas.io.stage_dirs import SupernetDir
 from pinas.models.backbone import PiNASBackbone
 from pinas.models.supernet_pi import SupernetPi, TwoPathStudent, zero_off_path_grads
 from pinas.space import Arch, get_space
-from pinas.stages.common import StageConfig, finished_run
+from pinas.stages.common import DistributedStageConfig, finished_run, launch
 
 log = logging.getLogger("pinas")
 StepHook = Callable[[int, Arch, Arch], None]
 
 
-class SupernetConfig(StageConfig):
+class SupernetConfig(DistributedStageConfig):
     """Hyper-parameters of supernet-Pi training; defaults are the paper's (method doc 2.5-2.7)."""
 
     space: str = "resnest50"
@@ -71,7 +70,6 @@ class SupernetConfig(StageConfig):
     amp: Literal["auto", "on", "off"] = "auto"
     channels_last: bool = False
     device: str = "auto"
-    nproc: int = Field(1, ge=1, description="processes (GPUs); > 1 launches torchrun")
     num_workers: int = 4
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
     log_every: int = Field(50, ge=1)
@@ -80,10 +78,10 @@ class SupernetConfig(StageConfig):
     @model_validator(mode="after")
     def _check(self) -> SupernetConfig:
         get_space(self.space)
-        global_batch = self.batch_size * self.nproc
+        global_batch = self.batch_size * self.world_size
         if self.queue_size % global_batch:
             raise ValueError(f"queue_size {self.queue_size} must be a multiple of the global batch "
-                             f"batch_size*nproc = {global_batch}")
+                             f"batch_size*nproc*nodes = {global_batch}")
         return self
 
 
@@ -185,20 +183,25 @@ def train_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress
     return _summary(folder)
 
 
-def run_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress: ProgressFn | None = None) -> dict:
-    """The stage: train in this process (or under torchrun for ``cfg.nproc > 1``), then write the manifest."""
+def run_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress: ProgressFn | None = None,
+                 rendezvous: Nodes = SINGLE_NODE) -> dict | None:
+    """The stage: train in this process (or under torchrun when distributed), then write the manifest.
+
+    On a node other than 0 (``rendezvous.rank > 0``) this node's processes join the job and node 0 writes the
+    outputs: returns None.
+    """
     folder = SupernetDir(out_dir)
     finished = finished_run(folder, cfg)
     if finished is not None:
         return finished
     folder.path.mkdir(parents=True, exist_ok=True)
-    if cfg.nproc == 1:
+    if not cfg.distributed:
         train_supernet(cfg, train_dir, folder.path, progress)
     else:
-        atomic_write_json(folder / "launch_config.json", cfg.model_dump(mode="json"))
-        run_module("pinas.stages.supernet", ["--config", str(folder / "launch_config.json"),
-                                             "--train-dir", str(train_dir), "--out", str(folder.path)],
-                   nproc=cfg.nproc)
+        launch("pinas.stages.supernet", cfg, folder, ["--train-dir", str(train_dir), "--out", str(folder.path)],
+               rendezvous)
+        if rendezvous.rank:
+            return None
     return folder.write_manifest(SupernetDir.OUTPUTS, cfg.model_dump(mode="json"), metrics=_summary(folder))
 
 

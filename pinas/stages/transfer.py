@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pinas.engine.launch import run_module
+from pinas.engine.placement import DevicePool, Placement, share
 from pinas.io.stage_dirs import RetrainDir, TransferDir
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "transfer_configs"
@@ -42,7 +43,8 @@ class TransferTask(BaseModel):
     auto_scale_lr: bool = Field(True, description="scale the lr to the global batch (batch per process x nproc) "
                                                   "against the config's auto_scale_lr.base_batch_size")
     cfg_options: dict[str, Any] = Field(default_factory=dict, description="extra MMEngine config overrides")
-    nproc: int = Field(1, ge=1, description="processes (GPUs); > 1 launches torchrun")
+    nproc: int | None = Field(None, ge=1, description="processes (GPUs); > 1 launches torchrun. Default: its share of "
+                                                     "the pipeline's devices (transfer.placement)")
 
     @field_validator("config")
     @classmethod
@@ -67,6 +69,8 @@ class TransferConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: dict[TransferName, TransferTask] = Field(default_factory=_paper_tasks)
+    placement: Placement = Field("parallel", description="parallel: the tasks share the devices, each on its own "
+                                 "part; sequential: one task after another, each on all of them")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -82,6 +86,19 @@ class TransferConfig(BaseModel):
     def enabled(self) -> dict[str, TransferTask]:
         """The tasks that run, in pipeline order."""
         return {name: task for name, task in self.tasks.items() if task.enabled}
+
+    def placed(self, pool: DevicePool) -> dict[str, tuple[TransferTask, int]]:
+        """Each enabled task with its process count settled, and how many of the pool's devices it leases."""
+        tasks, out = self.enabled(), {}
+        processes, devices = share(self.placement, pool.size, len(tasks), pool.kind)
+        for name, task in tasks.items():
+            nproc = task.nproc or processes
+            lease = nproc if pool.kind == "cuda" else max(nproc, devices)
+            if lease > pool.size:
+                raise ValueError(f"transfer.tasks.{name}.nproc = {nproc} needs {lease} devices, this node has "
+                                 f"{pool.size}")
+            out[name] = (task.model_copy(update={"nproc": nproc}), lease)
+        return out
 
 
 def runner_args(task: TransferTask, work_dir: Path, arch: str, space: str, data_root: Path) -> list[str]:
@@ -118,8 +135,11 @@ def child_env() -> dict[str, str]:
     return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
-def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_root: Path, out_dir: Path) -> dict:
-    """Fine-tune the retrained backbone on one task; returns the stage manifest (metrics from the final val)."""
+def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_root: Path, out_dir: Path,
+                       env: dict[str, str] | None = None) -> dict:
+    """Fine-tune the retrained backbone on one task; returns the stage manifest (metrics from the final val).
+
+    ``env``: the devices it runs on (:meth:`pinas.engine.placement.DevicePool.env`)."""
     config = resolve_config(task.config)
     retrain, folder = RetrainDir(retrain_dir), TransferDir(out_dir, task=name)
     retrain.require("retrain folder")
@@ -128,9 +148,11 @@ def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_ro
     # process would interfere, and the pipeline runs the three transfers at the same time
     args = runner_args(task, folder.path, model_cfg["arch"], model_cfg["space"], data_root) + [
         "--checkpoint", str(retrain / RetrainDir.MODEL)]
-    if task.nproc > 1:
+    nproc = task.nproc or 1
+    if nproc > 1:
         args += ["--launcher", "pytorch"]
-    run_module("pinas.openmmlab.runner", args, nproc=task.nproc, env=child_env(), log_file=folder / TransferDir.LOG)
+    run_module("pinas.openmmlab.runner", args, nproc=nproc, env={**child_env(), **(env or {})},
+               log_file=folder / TransferDir.LOG)
     result = folder.metrics()
     # MMEngine's newest checkpoint joins the manifest so corruption is caught
     last = folder.last_checkpoint()
