@@ -18,14 +18,13 @@ the four MoCo views; the result maps each request to its pooled features, one te
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pinas.models.backbone import PiNASBackbone
-from pinas.search.recalibration import FixedBatches, precise_bn
+from pinas.search.recalibration import FixedBatches, precise_bn, restored
 from pinas.space import Arch
 
 Request = tuple[Arch, int | None]
@@ -71,25 +70,6 @@ def features_per_path(backbone: PiNASBackbone, requests: Sequence[Request], reca
     return out
 
 
-@contextmanager
-def _restored(modules: Sequence[nn.Module], bns: Sequence[BN]):
-    """Put every BN buffer, momentum and train flag back as it was, whatever happens inside."""
-    saved = [(bn.momentum, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
-             for bn in bns]
-    modes = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for bn, (momentum, mean, var, count) in zip(bns, saved):
-                bn.momentum = momentum
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
-                bn.num_batches_tracked.copy_(count)
-        for m, mode in modes:
-            m.training = mode
-
-
 def _load(bns: Sequence[BN], stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
     for bn, (mean, var, count) in zip(bns, stats):
         bn.running_mean.copy_(mean)
@@ -117,7 +97,7 @@ def features_by_prefix(backbone: PiNASBackbone, requests: Sequence[Request], rec
                 for p in prefixes}
     stem_bns = [m for m in backbone.stem.modules() if isinstance(m, BN)]
     all_bns = list({id(bn): bn for bns in [stem_bns, *node_bns.values()] for bn in bns}.values())
-    with _restored([backbone], all_bns), torch.no_grad():
+    with restored([backbone], all_bns), torch.no_grad():
         for bn in all_bns:  # precise BN: from reset statistics, the arithmetic mean of the batch statistics
             bn.reset_running_stats()
             bn.momentum = None

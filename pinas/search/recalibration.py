@@ -107,6 +107,26 @@ def path_batchnorms(backbone: PiNASBackbone, arch: Sequence[int]) -> list[nn.mod
 
 
 @contextmanager
+def restored(modules: Sequence[nn.Module], bns: Sequence[nn.modules.batchnorm._BatchNorm]):
+    """Put every BN buffer and momentum of ``bns`` and every train flag under ``modules`` back as it was,
+    whatever happens inside."""
+    saved = [(bn.momentum, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+             for bn in bns]
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, (momentum, mean, var, count) in zip(bns, saved):
+                bn.momentum = momentum
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.num_batches_tracked.copy_(count)
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextmanager
 def precise_bn(paths: Sequence[tuple[PiNASBackbone, Sequence[int]]], batches: Iterable[Batch]):
     """Recalibrate the BNs of each (backbone, arch) path on ``batches``, yield with the backbones in eval mode,
     then restore those BNs' buffers, momenta and every module's train flag exactly.
@@ -116,10 +136,7 @@ def precise_bn(paths: Sequence[tuple[PiNASBackbone, Sequence[int]]], batches: It
     """
     bns = [bn for backbone, arch in paths for bn in path_batchnorms(backbone, arch)]
     bns = list({id(bn): bn for bn in bns}.values())
-    saved = [(bn.momentum, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
-             for bn in bns]
-    modes = [(m, m.training) for backbone, _ in paths for m in backbone.modules()]
-    try:
+    with restored([backbone for backbone, _ in paths], bns):
         for bn in bns:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average: the arithmetic mean of the batch statistics
@@ -132,12 +149,3 @@ def precise_bn(paths: Sequence[tuple[PiNASBackbone, Sequence[int]]], batches: It
         for backbone, _ in paths:
             backbone.eval()
         yield
-    finally:
-        with torch.no_grad():
-            for bn, (momentum, mean, var, count) in zip(bns, saved):
-                bn.momentum = momentum
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
-                bn.num_batches_tracked.copy_(count)
-        for m, mode in modes:
-            m.training = mode
