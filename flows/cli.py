@@ -1,6 +1,7 @@
 """``pinas-pipeline``: run the pipeline (demo profile by default), and tools around it.
 
     pinas-pipeline run [--config FILE.yaml] [--profile demo|paper] [--run-dir DIR] [--set section.key=value ...]
+    pinas-pipeline study [--supernets pi,same_path,spos] [--archs N] [same options as run]
 
 Without a configured Prefect server (``PREFECT_API_URL``), Prefect starts a temporary local API for the run.
 Bad input (YAML, unknown keys, wrong types, missing dataset folders, an unwritable run root) is reported in one
@@ -81,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import StagesFailed, pinas_pipeline  # imports Prefect: once the config is known to be good
 
     try:
-        summary = pinas_pipeline(config=config, run_root=str(args.run_dir))
+        summary = with_prefect_api(lambda: pinas_pipeline(config=config, run_root=str(args.run_dir)))
     except StagesFailed as failed:
         _print_summary(failed.summary)
         for stage, info in failed.summary["failed"].items():
@@ -89,6 +90,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("pinas-pipeline: the other stages finished; run the same command again to redo only the failed ones",
               file=sys.stderr)
         return EXIT_STAGE_FAILED
+    _print_summary(summary)
+    return 0
+
+
+def with_prefect_api(run_flow):
+    """``run_flow()``, with Prefect's failure to start its temporary API turned into one line saying what to do."""
+    try:
+        return run_flow()
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise
@@ -97,7 +106,41 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{os.environ.get('PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS')}; the machine may be busy). Start "
             "one with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api, or raise that "
             "timeout, then run the same command again") from None
-    _print_summary(summary)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    overrides = parse_sets(args.set)
+    if args.supernets:
+        overrides.setdefault("study", {})["supernets"] = [s.strip() for s in args.supernets.split(",") if s.strip()]
+    if args.archs is not None:
+        overrides.setdefault("study", {})["archs"] = args.archs
+    config = load_config(args.config, args.profile, overrides)
+    check_writable_dir(args.run_dir)
+    check_folders(config.data, ("imagenet",))
+    from flows.study import study_architectures
+
+    try:
+        archs = study_architectures(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"pinas-pipeline study: {len(archs)} architectures x {len(config.study.seeds)} seed(s), supernets "
+          f"{', '.join(config.study.supernets)}")
+    from flows.study import pinas_study
+
+    summary = with_prefect_api(lambda: pinas_study(config=config, run_root=str(args.run_dir)))
+    print(f"\npinas {summary['pinas_version']} — ranking study — {len(summary['archs'])} architectures, seeds "
+          f"{summary['seeds']} — {summary['total_seconds']:.1f} s")
+    print(f"  {'supernet':<10} {'proxy':<13} {'Kendall tau [95% CI]':<26} {'Spearman rho [95% CI]':<26} "
+          "seed-to-seed tau")
+    def num(v, digits=2):
+        return "n/a" if v is None else f"{v:+.{digits}f}"
+
+    for r in summary["correlations"]:
+        tau = f"{num(r['kendall_tau'], 3)} [{num(r['tau_ci95'][0])}, {num(r['tau_ci95'][1])}]"
+        rho = f"{num(r['spearman_rho'], 3)} [{num(r['rho_ci95'][0])}, {num(r['rho_ci95'][1])}]"
+        print(f"  {r['supernet']:<10} {r['proxy']:<13} {tau:<26} {rho:<26} {num(r['seed_to_seed_tau'], 3)}")
+    print(f"  summary in {Path(summary['run_root']) / 'last_study.json'}; per supernet: "
+          + ", ".join(summary["studies"].values()))
     return 0
 
 
@@ -133,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one setting, e.g. --set supernet.epochs=2 (repeatable)")
     run.set_defaults(func=cmd_run)
+    study = sub.add_parser("study", help="ranking study: retrain N architectures, correlate every proxy with "
+                                         "their accuracy, per supernet objective")
+    study.add_argument("--config", type=Path, help="YAML file merged over its profile (its study section)")
+    study.add_argument("--profile", choices=["demo", "paper"])
+    study.add_argument("--run-dir", type=Path, default=Path("runs"))
+    study.add_argument("--supernets", help="comma-separated objectives: pi, same_path, spos (study.supernets)")
+    study.add_argument("--archs", type=int, help="architectures retrained (study.archs)")
+    study.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    study.set_defaults(func=cmd_study)
     status = sub.add_parser("status", help="which stages of a run root are done, cached, running, partial or missing")
     status.add_argument("--run-dir", type=Path, default=Path("runs"))
     status.add_argument("--config", type=Path)

@@ -56,11 +56,11 @@ def claim(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> 
         yield key, folder
 
 
-def _path(record: dict, *parts: str) -> Path:
+def stage_path(record: dict, *parts: str) -> Path:
     return Path(record["path"], *parts)
 
 
-def _finish(stage: str, title: str, folder: Path, key: str) -> dict:
+def finish_stage(stage: str, title: str, folder: Path, key: str) -> dict:
     record = stage_record(stage, folder, key)
     publish_markdown(f"{stage}-summary", metrics_markdown(title, record), f"{title} summary")
     return record
@@ -83,8 +83,8 @@ def supernet_task(stage: str, config: Any, upstream: dict[str, dict], run_root: 
                   nodes: Nodes = SINGLE_NODE) -> dict:
     """Stage 1: unsupervised supernet-Pi training."""
     with claim(stage, config, upstream, run_root) as (key, folder):
-        run_supernet(config, _path(upstream["imagenet"], "train"), folder, progress_reporter(stage), nodes)
-        return _finish(stage, "Supernet-Pi training", folder, key)
+        run_supernet(config, stage_path(upstream["imagenet"], "train"), folder, progress_reporter(stage), nodes)
+        return finish_stage(stage, "Supernet-Pi training", folder, key)
 
 
 @task(name="linear-probe", **STAGE_TASK)
@@ -92,9 +92,9 @@ def probe_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str
     """The shared linear classifier on the frozen supernet (needed by the linear-probe proxy)."""
     with claim(stage, config, upstream, run_root) as (key, folder):
         imagenet = upstream["imagenet"]
-        run_linear_probe(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), folder,
-                         _path(imagenet, "val"), progress_reporter(stage), nodes)
-        return _finish(stage, "Linear probe", folder, key)
+        run_linear_probe(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"), folder,
+                         stage_path(imagenet, "val"), progress_reporter(stage), nodes)
+        return finish_stage(stage, "Linear probe", folder, key)
 
 
 @task(name="search", **STAGE_TASK)
@@ -104,9 +104,9 @@ def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: st
     with claim(stage, config, upstream, run_root) as (key, folder):
         imagenet = upstream["imagenet"]
         probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
-        run_search(config, Path(upstream["supernet"]["dir"]), _path(imagenet, "train"), _path(imagenet, "val"), folder,
-                   probe, progress_reporter(stage), rendezvous=nodes)
-        record = _finish(stage, "Evolutionary search", folder, key)
+        run_search(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"),
+                   stage_path(imagenet, "val"), folder, probe, progress_reporter(stage), rendezvous=nodes)
+        record = finish_stage(stage, "Evolutionary search", folder, key)
         result = SearchDir(folder).result()
         publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
                                        for c in result["top_k"]], "search: top-k candidates (params, MACs, proxy)")
@@ -122,7 +122,7 @@ def retrain_task(stage: str, config: Any, upstream: dict[str, dict], run_root: s
     """Stage 3: the chosen architecture trained from scratch on ImageNet-format data."""
     with claim(stage, config, upstream, run_root) as (key, folder):
         run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress_reporter(stage), rendezvous=nodes)
-        record = _finish(stage, "Retraining", folder, key)
+        record = finish_stage(stage, "Retraining", folder, key)
         publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"]), "retrain vs the paper")
         return record
 
@@ -135,7 +135,7 @@ def transfer_task(stage: str, config: Any, upstream: dict[str, dict], run_root: 
         log.info("%s: %s devices %s", stage, DEVICE_POOLS[run_root].kind, ids)
         run_transfer_stage(name, config, Path(upstream["retrain"]["dir"]), Path(upstream[name]["path"]), folder,
                            env=DEVICE_POOLS[run_root].env(ids, config.nproc))
-        record = _finish(stage, f"Transfer: {name}", folder, key)
+        record = finish_stage(stage, f"Transfer: {name}", folder, key)
         publish_table(f"{stage}-vs-paper", compare_rows(name, record["metrics"]), f"{name} vs the paper")
         return record
 
@@ -148,7 +148,7 @@ def export_task(stage: str, config: Any, upstream: dict[str, dict], run_root: st
                      if name.startswith("transfer-")}
         manifest = run_export(config, Path(upstream["retrain"]["dir"]), Path(upstream["imagenet"]["path"]), folder,
                               transfers)
-        record = _finish(stage, "ONNX export", folder, key)
+        record = finish_stage(stage, "ONNX export", folder, key)
         # the deployable files, also where people look for them: exports/<run root>-<key>/
         published = publish_copy(folder, [*manifest["files"], "manifest.json"],
                                  EXPORTS_DIR / f"{Path(run_root).name}-{key[:8]}")
@@ -241,7 +241,7 @@ def join_as_follower(config: PipelineConfig, root: str, poll_s: float = 1.0,
         records[stage] = stage_record(stage, folder, key)
         return records[stage]
 
-    nodes, train, val = config.nodes, _path(imagenet, "train"), _path(imagenet, "val")
+    nodes, train, val = config.nodes, stage_path(imagenet, "train"), stage_path(imagenet, "val")
     up = {"imagenet": imagenet}
     if "supernet" in config.stages:
         join("supernet", config.supernet, up, lambda f: run_supernet(config.supernet, train, f, rendezvous=nodes))

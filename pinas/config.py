@@ -20,6 +20,7 @@ from pinas.stages.export import ExportConfig
 from pinas.stages.linear_probe import LinearProbeConfig
 from pinas.stages.retrain import RetrainConfig
 from pinas.stages.search import SearchConfig
+from pinas.stages.study import StudyConfig
 from pinas.stages.supernet import SupernetConfig
 from pinas.stages.transfer import TransferConfig
 
@@ -55,6 +56,8 @@ class PipelineConfig(BaseModel):
     retrain: RetrainConfig = RetrainConfig()
     transfer: TransferConfig = TransferConfig()
     export: ExportConfig = ExportConfig()
+    study: StudyConfig = Field(StudyConfig(), description="the ranking study (pinas-pipeline study), not a "
+                                                          "pipeline stage")
 
     @model_validator(mode="before")
     @classmethod
@@ -100,6 +103,10 @@ class PipelineConfig(BaseModel):
         if "search" in stages and self.search.max_latency_ms is not None and not self.search.latency_table:
             raise ValueError(f"search.max_latency_ms = {self.search.max_latency_ms} needs search.latency_table (a "
                              'JSON {"fixed_ms": x, "layers": [[ms per choice], ...]} measured on the target)')
+        if "search" in stages and self.search.evaluator.proxy == "contrastive" and self.supernet.objective == "spos":
+            raise ValueError("search.evaluator.proxy contrastive needs the momentum teacher of a contrastive "
+                             "supernet (supernet.objective pi or same_path); a spos supernet is searched with "
+                             "linear_probe or bn_gamma")
         if self.arch == SEARCHED and "search" in stages and self.retrain.space != self.supernet.space:
             raise ValueError(f"retrain.space {self.retrain.space!r} differs from supernet.space "
                              f"{self.supernet.space!r}: the searched architecture would not fit")

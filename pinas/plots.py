@@ -1,4 +1,4 @@
-"""PNG pictures of a search: fitness per generation and the Pareto front.
+"""PNG pictures of a search (fitness per generation, the Pareto front) and of a ranking study (proxy vs top-1).
 
 Figures are drawn on matplotlib's object API with the Agg canvas, never through ``pyplot``: no global backend
 switch, no window, safe in worker threads and under Prefect. Files are written atomically like every artifact.
@@ -69,3 +69,29 @@ def plot_pareto(candidates: Sequence[dict], front: Sequence[bool], path: str | P
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_study(rows: Sequence[dict], proxy: str, stats: dict, path: str | Path, title: str = "") -> Path:
+    """One point per retrained architecture: its ``proxy`` score against its seed-mean top-1, a bar spanning its
+    seeds' top-1; the title gives Kendall tau and Spearman rho with their 95% intervals."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    x = np.array([r[proxy] for r in rows])
+    mean = np.array([r["top1_mean"] for r in rows])
+    lo = mean - np.array([min(r["top1"]) for r in rows])
+    hi = np.array([max(r["top1"]) for r in rows]) - mean
+    ax.errorbar(x, mean, yerr=[lo, hi], fmt="o", ms=5, capsize=3, color="tab:blue", ecolor="0.6",
+                label="seed-mean top-1 (bar: range over seeds)")
+    tau_lo, tau_hi = (_num(v) for v in stats["kendall_tau_ci95"])
+    ax.set_title(f"{title}: {proxy}  tau {_num(stats['kendall_tau'])} [{tau_lo}, {tau_hi}]  "
+                 f"rho {_num(stats['spearman_rho'])}", fontsize=9)
+    ax.set_xlabel(f"{proxy} score (higher is better)")
+    ax.set_ylabel("stand-alone top-1 (%)")
+    ax.ticklabel_format(axis="x", useOffset=False)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _num(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:+.2f}"

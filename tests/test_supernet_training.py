@@ -230,3 +230,47 @@ rank = torch.distributed.get_rank()
 (out / f"paths-{rank}.json").write_text(json.dumps(paths))
 torch.save(models[0].student.state_dict(), out / f"student-{rank}.pt")
 """
+
+
+@pytest.mark.parametrize("objective,steps,drop", [("same_path", 50, 0.4), ("spos", 30, 0.3)])
+def test_ablation_objectives_train_and_their_loss_falls(objective, steps, drop, demo_data, tmp_path):
+    """The study's ablations: MoCo within one path, and SPOS (cross-entropy on one uniformly drawn path)."""
+    data = demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=2)
+    cfg = small_config(objective=objective, epochs=steps // 2, batch_size=20, base_batch=20, queue_size=40,
+                       base_lr=0.05, checkpoint_every=1000, crop_min_scale=0.35, hue=0.1)
+    manifest = run_supernet(cfg, data / "train", tmp_path / "run")
+    losses = [r["loss"] for r in read_step_log(tmp_path / "run" / "metrics.jsonl")]
+    assert len(losses) == manifest["metrics"]["steps"] == steps
+    start = np.mean(losses[2:12]) if objective == "same_path" else np.mean(losses[:5])  # same_path: queue filled
+    assert np.mean(losses[-10:]) < start - drop, (start, losses[-10:])
+    artifact = load_tensors(tmp_path / "run" / "supernet.pt")
+    assert ("classifier" in artifact) == (objective == "spos")
+    assert manifest["config"]["objective"] == objective
+
+
+def _relabelled(train: Path, out: Path, sizes: list[int]) -> Path:
+    """The same images in the same order (so the same batches), cut into classes of ``sizes``: other labels."""
+    files = [p for c in sorted(d for d in train.iterdir() if d.is_dir()) for p in sorted(c.iterdir())]
+    assert sum(sizes) == len(files)
+    i = 0
+    for k, size in enumerate(sizes):
+        (out / f"class{k}").mkdir(parents=True)
+        for p in files[i:i + size]:
+            (out / f"class{k}" / f"{i:04d}{p.suffix}").symlink_to(p)
+            i += 1
+    return out
+
+
+@pytest.mark.parametrize("objective", ["pi", "same_path", "spos"])
+def test_only_spos_reads_the_labels(objective, demo_data, tmp_path):
+    """Trained on the same images in the same order under other labels, the label-free objectives end with the same
+    weights; SPOS does not."""
+    train = demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=2) / "train"
+    relabelled = _relabelled(train, tmp_path / "relabelled", [4, 12, 8, 8, 8])
+    cfg = small_config(objective=objective, epochs=1, batch_size=20, base_batch=20, queue_size=40)  # 2 steps
+    weights = []
+    for name, folder in (("a", train), ("b", relabelled)):
+        run_supernet(cfg, folder, tmp_path / name)
+        weights.append(load_tensors(tmp_path / name / "supernet.pt")["student"])
+    same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert same == (objective != "spos")

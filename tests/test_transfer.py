@@ -111,6 +111,13 @@ def test_mask_rcnn_demo_learns_boxes_and_masks(data, tmp_path):
     assert result["wall_time_s"] > 0 and result["peak_rss_mib"] > 0
 
 
+def test_a_detector_with_no_detection_scores_zero_ap(data, tmp_path):
+    """MMDetection's CocoMetric returns no metrics at all when nothing passes the score threshold; the record says
+    AP 0 (what it is by definition) instead of looking unevaluated."""
+    result = _run("coco", data, tmp_path, length=2, cfg_options={"model.test_cfg.rcnn.score_thr": 1.01})
+    assert result["metrics"] == {"coco/bbox_mAP": 0.0, "coco/segm_mAP": 0.0}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ade20k", "cityscapes"])
 def test_deeplabv3_demo_learns_segmentation(name, data, tmp_path):

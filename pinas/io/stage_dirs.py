@@ -123,6 +123,28 @@ class ProbeDir(StageDir):
         return head.to(device).eval(), read_json(self / self.INFO)
 
 
+# ------------------------------------------------------------------------------------------------------- study
+class StudyDir(StageDir):
+    """``study.json`` (architectures, top-1 per seed, proxy scores, correlations, seed noise) and
+    ``scatter-<proxy>.png``."""
+
+    stage, REPORT = "study", "study.json"
+
+    @staticmethod
+    def scatter(proxy: str) -> str:
+        return f"scatter-{proxy}.png"
+
+    def outputs(self, proxies: list[str]) -> list[str]:
+        return [self.REPORT, *(self.scatter(p) for p in proxies)]
+
+    def write(self, report: dict[str, Any]) -> None:
+        atomic_write_json(self / self.REPORT, report)
+
+    def report(self) -> dict[str, Any]:
+        self.require("study folder")
+        return read_json(self / self.REPORT)
+
+
 # ------------------------------------------------------------------------------------------------------ search
 class SearchDir(StageDir):
     """``search_state.json`` (resume), ``candidates.jsonl``, ``result.json``, ``fitness.png``, ``pareto.png``."""

@@ -63,12 +63,28 @@ def info_nce(q: torch.Tensor, k_pos: torch.Tensor, queue: torch.Tensor, temperat
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
+class PathClassifier(nn.Module):
+    """Backbone on one path -> linear classifier: the supervised SPOS supernet (one forward per backward for DDP)."""
+
+    def __init__(self, backbone: PiNASBackbone, head: nn.Linear):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor, arch: Sequence[int]) -> torch.Tensor:
+        return self.head(self.backbone(x, arch))
+
+
 class SupernetPi(nn.Module):
-    """Student encoder, path-restricted EMA teacher and the negative queue."""
+    """Student encoder, path-restricted EMA teacher and the negative queue.
+
+    ``num_classes`` adds ``classifier``, the linear head of the supervised SPOS ablation (``objective: spos``),
+    which trains the student backbone and this head only: its teacher, projector and queue stay as initialised.
+    """
 
     def __init__(self, backbone: PiNASBackbone, projector_hidden: int, feature_dim: int, queue_size: int,
-                 temperature: float, momentum: float):
+                 temperature: float, momentum: float, num_classes: int | None = None):
         super().__init__()
+        self.classifier = nn.Linear(backbone.feature_dim, num_classes) if num_classes else None
         self.student = Encoder(backbone, Projector(backbone.feature_dim, projector_hidden, feature_dim))
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
@@ -133,10 +149,17 @@ class SupernetPi(nn.Module):
 
     def artifact_state(self) -> dict[str, dict[str, torch.Tensor] | torch.Tensor]:
         """Tensor-only export: student and teacher state dicts and the queue (loads with weights_only=True)."""
-        return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-                "queue": self.queue.detach().clone(), "queue_ptr": self.queue_ptr.detach().clone()}
+        state = {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                 "queue": self.queue.detach().clone(), "queue_ptr": self.queue_ptr.detach().clone()}
+        if self.classifier is not None:
+            state["classifier"] = self.classifier.state_dict()
+        return state
 
     def load_artifact_state(self, state: dict) -> None:
+        if "classifier" in state:
+            weight = state["classifier"]["weight"]
+            self.classifier = nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)
+            self.classifier.load_state_dict(state["classifier"])
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.queue.copy_(state["queue"])

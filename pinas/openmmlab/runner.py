@@ -137,6 +137,22 @@ def checked_config(config: str | Path, work_dir: Path, **settings):
     return cfg, classes
 
 
+def no_detection_metrics(evaluator: dict) -> dict[str, float]:
+    """The AP of a detector that output nothing (every score under the test threshold): 0, by definition.
+
+    MMDetection's ``CocoMetric`` then logs "The testing results of the whole dataset is empty" and returns no
+    metrics at all, which would read downstream as "not evaluated"; other evaluators return nothing here.
+    """
+    from mmengine.logging import print_log
+
+    if not isinstance(evaluator, dict) or evaluator.get("type") != "CocoMetric":
+        return {}
+    kinds = evaluator.get("metric", "bbox")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    print_log("the detector output no detection above its test score threshold: its AP is 0", "current", 30)
+    return {f"{evaluator.get('prefix') or 'coco'}/{kind}_mAP": 0.0 for kind in kinds}
+
+
 def run_transfer(config: str | Path, work_dir: Path, **settings) -> dict:
     """Train + validate one transfer config; write and return ``{"metrics": ..., "wall_time_s": ..., ...}``.
 
@@ -162,6 +178,7 @@ def run_transfer(config: str | Path, work_dir: Path, **settings) -> dict:
     metrics = record.metrics
     if metrics is None or record.metrics_iter != runner.iter:
         metrics = runner.val()  # the final weights were not validated in this call (e.g. resumed a finished run)
+    metrics = metrics or no_detection_metrics(cfg.val_evaluator)
     result = {
         "config": str(config), "arch": cfg.model.backbone.arch, "space": cfg.model.backbone.space,
         "classes": list(classes),

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, model_validator
 
 from pinas.data.images import ImageFolderDataset, batch_loader
-from pinas.data.transforms import FourViews, MocoV2Views
+from pinas.data.transforms import CropFlip, FourViews, MocoV2Views
 from pinas.engine.distributed import (
     SINGLE_PROCESS,
     DistInfo,
@@ -38,7 +38,7 @@ from pinas.engine.schedules import cosine_lr, set_lr
 from pinas.engine.steplog import read_step_log
 from pinas.io.stage_dirs import SupernetDir
 from pinas.models.backbone import PiNASBackbone
-from pinas.models.supernet_pi import SupernetPi, TwoPathStudent, zero_off_path_grads
+from pinas.models.supernet_pi import PathClassifier, SupernetPi, TwoPathStudent, zero_off_path_grads
 from pinas.space import Arch, get_space
 from pinas.stages.common import DistributedStageConfig, finished_run, launch
 
@@ -50,6 +50,9 @@ class SupernetConfig(DistributedStageConfig):
     """Hyper-parameters of supernet-Pi training; defaults are the paper's (method doc 2.5-2.7)."""
 
     space: str = "resnest50"
+    objective: Literal["pi", "same_path", "spos"] = Field(
+        "pi", description="pi: cross-path contrast (the method); same_path: MoCo contrast within one path (no "
+                          "cross-path term); spos: single path, supervised cross-entropy on the labels (SPOS)")
     epochs: float = Field(100, gt=0, description="passes over the training images")
     batch_size: int = Field(24, ge=2, description="images per process (each gives 4 views)")
     base_lr: float = Field(0.03, gt=0, description="SGD lr at base_batch; scaled linearly to the global batch")
@@ -123,6 +126,25 @@ def pi_step(model: SupernetPi, student: torch.nn.Module, optimizer: torch.optim.
     return loss.detach()
 
 
+def spos_step(model: SupernetPi, classifier: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler, x: torch.Tensor, labels: torch.Tensor, arch: Arch,
+              amp: bool = False) -> torch.Tensor:
+    """One SPOS iteration: cross-entropy of the single path ``arch`` on labelled images; returns the loss.
+
+    ``classifier`` is ``PathClassifier(model.student.backbone, model.classifier)``, possibly DDP-wrapped. As in
+    :func:`pi_step`, gradients off the path are set to None so the other candidates do not move.
+    """
+    with torch.autocast(x.device.type, enabled=amp):
+        logits = classifier(x, arch)
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    zero_off_path_grads(model.student, {"backbone." + n for n in model.student.backbone.path_parameter_names(arch)})
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def train_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress: ProgressFn | None = None,
                    stop_after: int | None = None, on_step: StepHook | None = None) -> dict:
     """Train (or resume) the supernet; returns a summary.
@@ -140,28 +162,49 @@ def train_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress
     global_batch = cfg.batch_size * info.world_size
     lr = cfg.base_lr * global_batch / cfg.base_batch
 
+    spos = cfg.objective == "spos"
+    if spos and len(dataset.classes) < 2:
+        raise ValueError(f"supernet.objective spos trains on labels: {train_dir} has {len(dataset.classes)} class")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = SupernetPi(PiNASBackbone(space), cfg.projector_hidden, cfg.feature_dim, cfg.queue_size,
-                       cfg.temperature, cfg.ema_momentum).to(device)
+                       cfg.temperature, cfg.ema_momentum, len(dataset.classes) if spos else None).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    student = wrap_ddp(TwoPathStudent(model.student), device, info, find_unused_parameters=True)
-    optimizer = torch.optim.SGD(model.student.parameters(), lr=lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    if spos:
+        student = wrap_ddp(PathClassifier(model.student.backbone, model.classifier), device, info,
+                           find_unused_parameters=True)
+        augment = CropFlip(space.input_size, cfg.crop_min_scale).to(device)
+    else:
+        student = wrap_ddp(TwoPathStudent(model.student), device, info, find_unused_parameters=True)
+        augment = MocoV2Views.from_settings(space.input_size, cfg.model_dump()).to(device)
+    optimizer = torch.optim.SGD(list(model.student.parameters()) + (list(model.classifier.parameters()) if spos
+                                                                    else []),
+                                lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp = use_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    augment = MocoV2Views.from_settings(space.input_size, cfg.model_dump()).to(device)
     path_rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed * 1000 + info.rank + 1)  # per-rank augmentation stream
+
+    def draw_paths() -> tuple[Arch, Arch]:
+        """Two paths differing at every layer (pi); one path, twice (same_path, spos)."""
+        if cfg.objective == "pi":
+            return space.sample_pair(path_rng)
+        arch = space.sample(path_rng)
+        return arch, arch
 
     def step(i: int, batch) -> dict:
         images = batch[0].to(device, non_blocking=True)
         set_lr(optimizer, cosine_lr(lr, i, total))
-        alpha, beta = broadcast_object(space.sample_pair(path_rng) if info.is_main else None, info)
+        alpha, beta = broadcast_object(draw_paths() if info.is_main else None, info)
         if on_step:
             on_step(i, alpha, beta)
-        loss = pi_step(model, student, optimizer, scaler, four_views(augment, images, cfg.channels_last),
-                       alpha, beta, info, amp)
+        if spos:
+            x = augment(images)
+            x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+            loss = spos_step(model, student, optimizer, scaler, x, batch[1].to(device), alpha, amp)
+        else:  # same_path is pi_step on the pair (alpha, alpha): each query's positive is the same path's key
+            loss = pi_step(model, student, optimizer, scaler, four_views(augment, images, cfg.channels_last),
+                           alpha, beta, info, amp)
         return {"loss": loss, "images": images.shape[0] * info.world_size, "lr": optimizer.param_groups[0]["lr"]}
 
     loop = TrainLoop(

@@ -1,0 +1,147 @@
+"""The ranking study as a Prefect flow: does a supernet rank architectures like their stand-alone accuracy?
+
+For each supernet objective of ``config.study.supernets`` the supernet (and, for the linear-probe proxy, its probe)
+is the pipeline's own cached stage task; the study's architectures are retrained stand-alone with the pipeline's
+retrain recipe, one cached task per (architecture, seed), at most ``study.concurrency`` at once; then the
+``study-<objective>`` stage scores them with every proxy and correlates (:mod:`pinas.stages.study`). Everything is
+cached like the pipeline's stages and in the same run root, so a killed study run again keeps every finished
+retrain, and a pipeline run's supernet is the study's ``pi`` supernet when the settings agree.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.context import FlowRunContext
+
+from flows.caching import RESULTS_DIR
+from flows.liveness import alive
+from flows.pipeline import (
+    STAGE_TASK,
+    claim,
+    data_task,
+    finish_stage,
+    probe_task,
+    retrain_task,
+    stage_path,
+    supernet_task,
+)
+from flows.ui import publish_markdown, publish_table, route_library_logs
+from pinas import __version__
+from pinas.config import PipelineConfig, Profile, load_config
+from pinas.io.artifacts import atomic_write_json, check_writable_dir
+from pinas.io.stage_dirs import StudyDir
+from pinas.stages.study import StudyScoreConfig, applicable_proxies, run_study
+
+#: the cost pick's head size: every architecture has the same head, so the order by MACs does not depend on it
+PICK_CLASSES = 1000
+SUMMARY = "last_study.json"
+
+
+def study_architectures(config: PipelineConfig) -> list[str]:
+    """The architectures the study retrains (a bad ``arch_list`` or pick is a ``ValueError`` naming it)."""
+    if config.retrain.space != config.supernet.space:
+        raise ValueError(f"study: retrain.space {config.retrain.space!r} differs from supernet.space "
+                         f"{config.supernet.space!r}")
+    return config.study.architectures(config.supernet.space, PICK_CLASSES)
+
+
+@task(name="study", **STAGE_TASK)
+def study_task(stage: str, config: StudyScoreConfig, upstream: dict[str, dict], run_root: str) -> dict:
+    """One supernet's proxies against the retrained top-1 (upstream ``retrain-<arch>-s<seed>`` records)."""
+    with claim(stage, config, upstream, run_root) as (key, folder):
+        retrains = {arch: [Path(upstream[f"retrain-{arch}-s{seed}"]["dir"]) for seed in config.seeds]
+                    for arch in config.archs}
+        probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
+        imagenet = upstream["imagenet"]
+        run_study(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"),
+                  stage_path(imagenet, "val"), retrains, folder, probe)
+        return finish_stage(stage, f"Ranking study: {config.objective} supernet", folder, key)
+
+
+def correlation_rows(reports: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per (supernet, proxy): tau and rho with their intervals, and the seed-to-seed tau beside them."""
+    rows = []
+    for objective, report in reports.items():
+        noise = report["seed_noise"]["seed_to_seed_kendall_tau"]
+        for proxy, c in report["correlations"].items():
+            rows.append({"supernet": objective, "proxy": proxy, "n": c["n"], "kendall_tau": _round(c["kendall_tau"]),
+                         "tau_ci95": [_round(v) for v in c["kendall_tau_ci95"]],
+                         "spearman_rho": _round(c["spearman_rho"]),
+                         "rho_ci95": [_round(v) for v in c["spearman_rho_ci95"]], "seed_to_seed_tau": _round(noise)})
+    return rows
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+@flow(name="pinas-study", log_prints=True)
+def pinas_study(profile: Profile = "demo", overrides: dict[str, Any] | None = None, config_file: str | None = None,
+                run_root: str = "runs", config: PipelineConfig | None = None) -> dict[str, Any]:
+    """Train each supernet of ``study.supernets``, retrain the study's architectures, score and correlate.
+
+    Parameters as for the pipeline flow; the ``study`` section of the config says what to compare.
+    """
+    started = time.perf_counter()
+    route_library_logs()
+    config = config or load_config(config_file, profile, overrides)
+    root = str(check_writable_dir(Path(run_root)))
+    study, storage = config.study, Path(root) / RESULTS_DIR
+    archs = study_architectures(config)
+    with alive(Path(root), FlowRunContext.get().flow_run.id):
+        imagenet = {"imagenet": data_task(config.data, root, ("imagenet",))["imagenet"]}
+        supernets, probes = {}, {}
+        for objective in study.supernets:
+            cfg = config.supernet.model_copy(update={"objective": objective})
+            supernets[objective] = supernet_task.with_options(result_storage=storage)(
+                "supernet", cfg, imagenet, root, nodes=config.nodes)
+            if "linear_probe" in study.proxies:
+                probes[objective] = probe_task.with_options(result_storage=storage)(
+                    "linear-probe", config.linear_probe, {**imagenet, "supernet": supernets[objective]}, root,
+                    nodes=config.nodes)
+        retrains = run_retrains(config, archs, imagenet, root)
+        records, reports = {}, {}
+        for objective, supernet in supernets.items():
+            score_cfg = StudyScoreConfig(objective=objective, archs=archs, seeds=study.seeds,
+                                         proxies=applicable_proxies(study.proxies, objective),
+                                         evaluator=config.search.evaluator, bootstrap=study.bootstrap,
+                                         seed=study.seed)
+            upstream = {**imagenet, "supernet": supernet, **retrains}
+            if objective in probes:
+                upstream["probe"] = probes[objective]
+            stage = f"study-{objective}"
+            records[stage] = study_task.with_options(result_storage=storage)(stage, score_cfg, upstream, root)
+            reports[objective] = StudyDir(records[stage]["dir"]).report()
+    rows = correlation_rows(reports)
+    summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root, "archs": archs,
+               "seeds": study.seeds, "correlations": rows,
+               "seed_noise": {o: r["seed_noise"] for o, r in reports.items()},
+               "studies": {stage: rec["dir"] for stage, rec in records.items()},
+               "total_seconds": round(time.perf_counter() - started, 2)}
+    atomic_write_json(Path(root) / SUMMARY, summary)
+    publish_table("study-correlations", rows, "ranking study: Kendall tau / Spearman rho per supernet and proxy")
+    publish_markdown("study-plots", "## Ranking study plots\n\n" + "\n".join(
+        f"- {stage}, {proxy}: `{Path(rec['dir']) / StudyDir.scatter(proxy)}`"
+        for stage, rec in records.items() for proxy in reports[stage.removeprefix('study-')]["correlations"]),
+        "ranking study scatter plots (files)")
+    return summary
+
+
+def run_retrains(config: PipelineConfig, archs: list[str], imagenet: dict[str, dict], root: str) -> dict[str, dict]:
+    """Every (architecture, seed) retrained as its own cached task, ``study.concurrency`` at a time; returns the
+    records keyed ``retrain-<arch>-s<seed>``. A finished retrain (this study's or any run's with the same
+    settings in this run root) comes from the cache."""
+    storage, study = Path(root) / RESULTS_DIR, config.study
+    futures, running = {}, []
+    for arch in archs:
+        for seed in study.seeds:
+            cfg = type(config.retrain).model_validate({**config.retrain.model_dump(), "arch": arch, "seed": seed})
+            if len(running) >= study.concurrency:
+                running.pop(0).wait()
+            running.append(future := retrain_task.with_options(result_storage=storage).submit(
+                "retrain", cfg, imagenet, root, nodes=config.nodes))
+            futures[f"retrain-{arch}-s{seed}"] = future
+    return {name: future.result() for name, future in futures.items()}

@@ -1,0 +1,75 @@
+"""The ranking study's statistics: which architectures to retrain, and how well each proxy ranks them.
+
+Pi-NAS's claim (method doc section 6) is a ranking claim: the supernet's estimate of an architecture should order
+architectures like their stand-alone accuracy does. A study retrains N architectures, scores each with every proxy
+and reports Kendall tau / Spearman rho per proxy (``pinas.search.ranking``, i.e. ``scipy.stats``) with bootstrap
+intervals. Retraining is noisy, so the study also retrains every architecture with several seeds and reports the
+**seed-to-seed** tau (accuracies of one seed against another's): no proxy can rank better than the ground truth
+agrees with itself, and a proxy tau inside the seed noise is no evidence of signal.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from pinas.models.cost import CostModel
+from pinas.search.ranking import bootstrap_ci, kendall_tau, spearman_rho
+from pinas.space import SearchSpace
+
+
+def pick_architectures(space: SearchSpace, n: int, how: str, seed: int, pool: int,
+                       cost: CostModel | None = None) -> list[str]:
+    """``n`` distinct architectures of ``space``: ``random`` (uniform), or ``cost``: from ``pool`` random ones,
+    the architectures at ``n`` evenly spaced quantiles of their MACs (so the study spans the cost range rather than
+    the crowded middle, where accuracies are hardest to tell apart)."""
+    rng = np.random.default_rng(seed)
+    drawn: dict[tuple[int, ...], None] = {}
+    for _ in range(max(pool, n) * 20):
+        if len(drawn) == max(pool, n):
+            break
+        drawn[space.sample(rng)] = None
+    archs = list(drawn)
+    if len(archs) < n:
+        raise ValueError(f"space {space.name!r} has only {len(archs)} distinct architectures; asked for {n}")
+    if how == "random":
+        chosen = archs[:n]
+    elif how == "cost":
+        if cost is None:
+            raise ValueError("pick 'cost' needs the cost model")
+        by_cost = sorted(archs, key=lambda a: (cost(a).macs, a))
+        chosen = [by_cost[i] for i in np.linspace(0, len(by_cost) - 1, n).round().astype(int)]
+    else:
+        raise ValueError(f"unknown pick {how!r} (cost, random)")
+    return [space.format(a) for a in chosen]
+
+
+def seed_noise(accuracies: Mapping[str, Sequence[float]]) -> dict:
+    """How much retraining disagrees with itself: per-architecture spread over seeds and the rank agreement between
+    seeds (mean Kendall tau over pairs of seeds). None where fewer than two seeds were trained."""
+    seeds = min(len(v) for v in accuracies.values())
+    if seeds < 2:
+        return {"seeds": seeds, "mean_std": None, "max_range": None, "seed_to_seed_kendall_tau": None}
+    table = np.array([list(v)[:seeds] for v in accuracies.values()])
+    taus = [kendall_tau(table[:, i], table[:, j]) for i, j in itertools.combinations(range(seeds), 2)]
+    return {"seeds": seeds, "mean_std": float(table.std(axis=1, ddof=1).mean()),
+            "max_range": float(np.ptp(table, axis=1).max()),
+            "seed_to_seed_kendall_tau": float(np.nanmean(taus)) if np.isfinite(taus).any() else None}
+
+
+def correlations(scores: Mapping[str, float], accuracy: Mapping[str, float], n_boot: int, seed: int) -> dict:
+    """Kendall tau and Spearman rho of a proxy's scores against the (seed-mean) accuracy, with 95% intervals;
+    None where undefined (a proxy or accuracy that is the same for every architecture), so the JSON stays JSON."""
+    archs = sorted(scores)
+    x = np.array([scores[a] for a in archs])
+    y = np.array([accuracy[a] for a in archs])
+    return {"n": len(archs),
+            "kendall_tau": _defined(kendall_tau(x, y)),
+            "kendall_tau_ci95": [_defined(v) for v in bootstrap_ci(x, y, kendall_tau, n_boot, seed)],
+            "spearman_rho": _defined(spearman_rho(x, y)),
+            "spearman_rho_ci95": [_defined(v) for v in bootstrap_ci(x, y, spearman_rho, n_boot, seed)]}
+
+
+def _defined(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None

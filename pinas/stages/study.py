@@ -1,0 +1,144 @@
+"""The ranking study's last stage: score the retrained architectures with every proxy on one supernet, correlate.
+
+The study (``pinas-pipeline study``, :mod:`flows.study`) trains one supernet per objective (``pi``, ``same_path``,
+``spos``), retrains N architectures stand-alone with the retrain recipe (several seeds each) and then runs this
+stage once per supernet: each architecture is scored by every proxy that applies to that supernet after BN
+recalibration of its path (the search's own evaluator), and each proxy's scores are correlated with the seed-mean
+top-1 (:mod:`pinas.search.study`). The contrastive proxy needs the momentum teacher, which a supervised SPOS
+supernet does not train, so it is left out there.
+
+Outputs (:class:`~pinas.io.stage_dirs.StudyDir`): ``study.json`` (architectures with costs, top-1 per seed and
+proxy scores; per proxy tau, rho and 95% intervals; the seed noise) and one ``scatter-<proxy>.png`` per proxy.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from pinas.data.images import scan_image_folder
+from pinas.data.transforms import MocoV2Views
+from pinas.engine.distributed import resolve_device
+from pinas.io.stage_dirs import ProbeDir, RetrainDir, StudyDir, SupernetDir
+from pinas.plots import plot_study
+from pinas.search.constraints import cost_model
+from pinas.search.evaluation import EvaluatorConfig, ProxyName, build_evaluator
+from pinas.search.study import correlations, pick_architectures, seed_noise
+from pinas.space import get_space
+from pinas.stages.common import StageConfig, finished_run
+
+log = logging.getLogger("pinas")
+Objective = Literal["pi", "same_path", "spos"]
+ALL_PROXIES: tuple[str, ...] = ("contrastive", "linear_probe", "bn_gamma")
+
+
+class StudyConfig(StageConfig):
+    """What ``pinas-pipeline study`` does: which supernets, which architectures, how many retrains, which proxies."""
+
+    runtime_fields: ClassVar[frozenset[str]] = StageConfig.runtime_fields | {"concurrency"}
+
+    supernets: list[Objective] = Field(["pi"], min_length=1, description="supernet objectives compared side by "
+                                       "side on the same retrained architectures (pi, same_path, spos)")
+    archs: int = Field(12, ge=3, description="architectures retrained stand-alone")
+    pick: Literal["cost", "random"] = Field("cost", description="cost: evenly spaced over the MACs range of a "
+                                            "random pool; random: uniform")
+    arch_list: list[str] = Field([], description="these architectures instead of a pick")
+    pool: int = Field(500, ge=1, description="random architectures the cost pick chooses from")
+    seeds: list[int] = Field([0, 1], min_length=1, description="retrain seeds per architecture; two or more "
+                                                               "measure the seed-to-seed noise")
+    proxies: list[ProxyName] = Field(list(ALL_PROXIES), min_length=1)
+    concurrency: int = Field(1, ge=1, description="retrains running at once")
+    bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of the 95% intervals")
+    seed: int = 0
+
+    @field_validator("seeds", "supernets", "arch_list")
+    @classmethod
+    def _distinct(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists each item twice: {value}")
+        return value
+
+    def architectures(self, space_name: str, num_classes: int) -> list[str]:
+        """The study's architectures (canonical strings): ``arch_list`` when given, else the pick."""
+        space = get_space(space_name)
+        if self.arch_list:
+            archs = [space.format(space.parse(a)) for a in self.arch_list]
+            if len(set(archs)) < 3:
+                raise ValueError(f"study.arch_list: need at least 3 distinct architectures, got {len(set(archs))}")
+            return archs
+        return pick_architectures(space, self.archs, self.pick, self.seed, self.pool,
+                                  cost_model(space, num_classes) if self.pick == "cost" else None)
+
+
+def applicable_proxies(proxies: Sequence[str], objective: str) -> list[str]:
+    """The proxies a supernet trained with ``objective`` can be scored with (SPOS trains no teacher)."""
+    return [p for p in proxies if not (p == "contrastive" and objective == "spos")]
+
+
+class StudyScoreConfig(StageConfig):
+    """One supernet's part of the study: the architectures, the seeds, the proxies and how they score."""
+
+    objective: Objective
+    archs: list[str]
+    seeds: list[int]
+    proxies: list[ProxyName]
+    evaluator: EvaluatorConfig
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+def run_study(cfg: StudyScoreConfig, supernet_dir: Path, train_dir: Path, val_dir: Path,
+              retrains: Mapping[str, Sequence[Path]], out_dir: Path, probe_dir: Path | None = None) -> dict:
+    """Score ``cfg.archs`` with every proxy of ``cfg`` and correlate with the retrained top-1.
+
+    ``retrains`` maps each architecture to its finished retrain folders (one per seed, in ``cfg.seeds`` order).
+    """
+    folder = StudyDir(out_dir)
+    finished = finished_run(folder, cfg)
+    if finished is not None:
+        return finished
+    missing = [a for a in cfg.archs if len(retrains.get(a, ())) != len(cfg.seeds)]
+    if missing:
+        raise ValueError(f"study: no retrain folder for every seed of {', '.join(missing)}")
+    top1 = {}
+    for arch in cfg.archs:
+        top1[arch] = []
+        for path in retrains[arch]:
+            RetrainDir(path).require("retrain folder")
+            top1[arch].append(float(RetrainDir(path).metrics()["top1"]))
+    supernet_cfg = SupernetDir(supernet_dir).settings()
+    if supernet_cfg.get("objective", "pi") != cfg.objective:
+        raise ValueError(f"supernet {supernet_dir} was trained with objective {supernet_cfg.get('objective')!r}, "
+                         f"not {cfg.objective!r}")
+    device = resolve_device(cfg.evaluator.device)
+    model = SupernetDir(supernet_dir).load(device)
+    space = model.space
+    probe = ProbeDir(probe_dir).load(device) if "linear_probe" in cfg.proxies else None
+    if "linear_probe" in cfg.proxies and probe_dir is None:
+        raise ValueError("study: the linear_probe proxy needs the linear_probe stage's folder")
+    views = MocoV2Views.from_settings(space.input_size, supernet_cfg)
+    scores: dict[str, dict[str, float]] = {}
+    for proxy in cfg.proxies:
+        evaluator = build_evaluator(cfg.evaluator.model_copy(update={"proxy": proxy}), model, train_dir, val_dir,
+                                    probe, device, views)
+        scores[proxy] = {e.arch: e.score for e in evaluator.evaluate_many(cfg.archs)}
+        log.info("study %s: scored %d architectures with %s", cfg.objective, len(cfg.archs), proxy)
+    cost = cost_model(space, len(scan_image_folder(train_dir)[1]))
+    mean_top1 = {a: float(np.mean(v)) for a, v in top1.items()}
+    rows = [{"arch": a, "macs": cost(space.parse(a)).macs, "params": cost(space.parse(a)).params,
+             "top1": top1[a], "top1_mean": mean_top1[a], **{p: scores[p][a] for p in cfg.proxies}} for a in cfg.archs]
+    report = {"objective": cfg.objective, "space": space.name, "seeds": cfg.seeds, "architectures": rows,
+              "correlations": {p: correlations(scores[p], mean_top1, cfg.bootstrap, cfg.seed) for p in cfg.proxies},
+              "seed_noise": seed_noise(top1)}
+    folder.path.mkdir(parents=True, exist_ok=True)
+    for proxy in cfg.proxies:
+        plot_study(rows, proxy, report["correlations"][proxy], folder / StudyDir.scatter(proxy),
+                   f"{cfg.objective} supernet")
+    folder.write(report)
+    metrics = {f"{p}_kendall_tau": report["correlations"][p]["kendall_tau"] for p in cfg.proxies}
+    metrics["seed_to_seed_kendall_tau"] = report["seed_noise"]["seed_to_seed_kendall_tau"]
+    return folder.write_manifest(folder.outputs(cfg.proxies), cfg.model_dump(mode="json"), metrics=metrics)
