@@ -139,6 +139,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         tau = f"{num(r['kendall_tau'], 3)} [{num(r['tau_ci95'][0])}, {num(r['tau_ci95'][1])}]"
         rho = f"{num(r['spearman_rho'], 3)} [{num(r['rho_ci95'][0])}, {num(r['rho_ci95'][1])}]"
         print(f"  {r['supernet']:<10} {r['proxy']:<13} {tau:<26} {rho:<26} {num(r['seed_to_seed_tau'], 3)}")
+    noise = summary["retrain_noise"]
+    if noise["mean_std"] is not None:
+        print(f"  retrain noise: top-1 spread over seeds {noise['mean_std']:.2f} points (mean std), between "
+              f"architectures {noise['between_arch_std']:.2f} (std of the seed means); seed-to-seed tau "
+              f"{num(noise['seed_to_seed_kendall_tau'], 3)}; ANOVA of top-1 by architecture p = "
+              f"{'n/a' if noise['anova_p'] is None else format(noise['anova_p'], '.3g')}")
     print(f"  summary in {Path(summary['run_root']) / 'last_study.json'}; per supernet: "
           + ", ".join(summary["studies"].values()))
     return 0

@@ -58,7 +58,12 @@ def study_task(stage: str, config: StudyScoreConfig, upstream: dict[str, dict], 
         imagenet = upstream["imagenet"]
         run_study(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"),
                   stage_path(imagenet, "val"), retrains, folder, probe)
-        return finish_stage(stage, f"Ranking study: {config.objective} supernet", folder, key)
+        record = finish_stage(stage, f"Ranking study: {config.objective} supernet", folder, key)
+        publish_table(f"{stage}-architectures", [
+            {"arch": r["arch"], "MMACs": round(r["macs"] / 1e6, 2), "top1_per_seed": [round(t, 2) for t in r["top1"]],
+             "top1_mean": round(r["top1_mean"], 2), **{p: round(r[p], 5) for p in config.proxies}}
+            for r in StudyDir(folder).report()["architectures"]], f"{stage}: retrained top-1 and proxy scores")
+        return record
 
 
 def correlation_rows(reports: dict[str, dict]) -> list[dict[str, Any]]:
@@ -118,7 +123,7 @@ def pinas_study(profile: Profile = "demo", overrides: dict[str, Any] | None = No
     rows = correlation_rows(reports)
     summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root, "archs": archs,
                "seeds": study.seeds, "correlations": rows,
-               "seed_noise": {o: r["seed_noise"] for o, r in reports.items()},
+               "retrain_noise": next(iter(reports.values()))["seed_noise"],  # the same retrains for every supernet
                "studies": {stage: rec["dir"] for stage, rec in records.items()},
                "total_seconds": round(time.perf_counter() - started, 2)}
     atomic_write_json(Path(root) / SUMMARY, summary)

@@ -88,6 +88,7 @@ def plot_study(rows: Sequence[dict], proxy: str, stats: dict, path: str | Path, 
     ax.set_xlabel(f"{proxy} score (higher is better)")
     ax.set_ylabel("stand-alone top-1 (%)")
     ax.ticklabel_format(axis="x", useOffset=False)
+    ax.locator_params(axis="x", nbins=5)  # proxy scores often differ in the third decimal: long tick labels
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

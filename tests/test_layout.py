@@ -69,3 +69,20 @@ def test_the_library_does_not_import_the_flows():
     graph = import_graph()
     offenders = [(a, b) for a, b in graph.edges if a.startswith("pinas") and b.startswith("flows")]
     assert not offenders, offenders
+
+
+def test_every_deployment_loads_its_flow_and_its_parameters_make_a_valid_config():
+    """What ``prefect deploy --all`` and a worker do with prefect.yaml, short of a server: load each entrypoint's
+    flow, validate the deployment's parameters against it, and build the pipeline config they describe."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from pinas.config import load_config
+
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    assert {d["name"] for d in deployments} >= {"demo", "paper", "study-demo"}
+    for deployment in deployments:
+        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]), use_placeholder_flow=False)
+        params = flow.validate_parameters(deployment["parameters"])
+        config = load_config(params.get("config_file"), params["profile"], params.get("overrides"))
+        assert config.profile == deployment["parameters"]["profile"], deployment["name"]

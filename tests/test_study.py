@@ -83,6 +83,7 @@ def test_a_killed_study_resumes_keeping_its_retrains_and_reports_scipys_statisti
         table = np.array([top1[r["arch"]] for r in rows])
         assert report["seed_noise"]["seed_to_seed_kendall_tau"] == pytest.approx(
             stats.kendalltau(table[:, 0], table[:, 1]).statistic)
+        assert report["seed_noise"]["anova_p"] == pytest.approx(stats.f_oneway(*table).pvalue)
     assert defined >= 2  # most proxies tell the three architectures apart even after these few steps
     assert "Kendall tau" in printed and "spos" in printed
 
@@ -104,3 +105,6 @@ def test_the_cost_pick_spans_the_macs_range_and_bad_studies_fail_before_training
         assert message in capsys.readouterr().err
     assert not (tmp_path / "r" / "stages").exists()
     assert seed_noise({"a": [50.0], "b": [60.0], "c": [70.0]})["seed_to_seed_kendall_tau"] is None
+    apart = seed_noise({"a": [90.0, 91.0, 92.0], "b": [80.0, 81.0, 79.0], "c": [70.0, 71.0, 72.0]})
+    alike = seed_noise({"a": [90.0, 80.0, 85.0], "b": [82.0, 88.0, 84.0], "c": [85.0, 83.0, 87.0]})
+    assert apart["seed_to_seed_kendall_tau"] == 1.0 and apart["anova_p"] < 1e-4 and alike["anova_p"] > 0.9

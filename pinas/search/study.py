@@ -46,16 +46,29 @@ def pick_architectures(space: SearchSpace, n: int, how: str, seed: int, pool: in
 
 
 def seed_noise(accuracies: Mapping[str, Sequence[float]]) -> dict:
-    """How much retraining disagrees with itself: per-architecture spread over seeds and the rank agreement between
-    seeds (mean Kendall tau over pairs of seeds). None where fewer than two seeds were trained."""
+    """How much retraining disagrees with itself, and whether the architectures differ at all beyond that.
+
+    ``mean_std``: the spread of one architecture's top-1 over seeds (averaged); ``between_arch_std``: the spread of
+    the seed-mean top-1 over architectures; ``seed_to_seed_kendall_tau``: rank agreement of one seed's accuracies
+    with another's (mean over pairs of seeds); ``anova_p``: one-way ANOVA (``scipy.stats.f_oneway``) of top-1 by
+    architecture — a large p says the retrained accuracies do not tell these architectures apart, so no proxy can be
+    shown to rank them. The seed statistics are None with fewer than two seeds.
+    """
+    from scipy import stats
+
     seeds = min(len(v) for v in accuracies.values())
-    if seeds < 2:
-        return {"seeds": seeds, "mean_std": None, "max_range": None, "seed_to_seed_kendall_tau": None}
     table = np.array([list(v)[:seeds] for v in accuracies.values()])
+    out = {"seeds": seeds, "between_arch_std": float(table.mean(axis=1).std(ddof=1)), "mean_std": None,
+           "max_range": None, "seed_to_seed_kendall_tau": None, "anova_p": None}
+    if seeds < 2:
+        return out
     taus = [kendall_tau(table[:, i], table[:, j]) for i, j in itertools.combinations(range(seeds), 2)]
-    return {"seeds": seeds, "mean_std": float(table.std(axis=1, ddof=1).mean()),
-            "max_range": float(np.ptp(table, axis=1).max()),
-            "seed_to_seed_kendall_tau": float(np.nanmean(taus)) if np.isfinite(taus).any() else None}
+    with np.errstate(all="ignore"):
+        p = stats.f_oneway(*table).pvalue
+    out.update(mean_std=float(table.std(axis=1, ddof=1).mean()), max_range=float(np.ptp(table, axis=1).max()),
+               seed_to_seed_kendall_tau=float(np.nanmean(taus)) if np.isfinite(taus).any() else None,
+               anova_p=_defined(p))
+    return out
 
 
 def correlations(scores: Mapping[str, float], accuracy: Mapping[str, float], n_boot: int, seed: int) -> dict:

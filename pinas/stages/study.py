@@ -117,9 +117,9 @@ def run_study(cfg: StudyScoreConfig, supernet_dir: Path, train_dir: Path, val_di
     device = resolve_device(cfg.evaluator.device)
     model = SupernetDir(supernet_dir).load(device)
     space = model.space
-    probe = ProbeDir(probe_dir).load(device) if "linear_probe" in cfg.proxies else None
     if "linear_probe" in cfg.proxies and probe_dir is None:
         raise ValueError("study: the linear_probe proxy needs the linear_probe stage's folder")
+    probe = ProbeDir(probe_dir).load(device) if "linear_probe" in cfg.proxies else None
     views = MocoV2Views.from_settings(space.input_size, supernet_cfg)
     scores: dict[str, dict[str, float]] = {}
     for proxy in cfg.proxies:
@@ -129,8 +129,9 @@ def run_study(cfg: StudyScoreConfig, supernet_dir: Path, train_dir: Path, val_di
         log.info("study %s: scored %d architectures with %s", cfg.objective, len(cfg.archs), proxy)
     cost = cost_model(space, len(scan_image_folder(train_dir)[1]))
     mean_top1 = {a: float(np.mean(v)) for a, v in top1.items()}
-    rows = [{"arch": a, "macs": cost(space.parse(a)).macs, "params": cost(space.parse(a)).params,
-             "top1": top1[a], "top1_mean": mean_top1[a], **{p: scores[p][a] for p in cfg.proxies}} for a in cfg.archs]
+    costs = {a: cost(space.parse(a)) for a in cfg.archs}
+    rows = [{"arch": a, "macs": costs[a].macs, "params": costs[a].params, "top1": top1[a], "top1_mean": mean_top1[a],
+             **{p: scores[p][a] for p in cfg.proxies}} for a in cfg.archs]
     report = {"objective": cfg.objective, "space": space.name, "seeds": cfg.seeds, "architectures": rows,
               "correlations": {p: correlations(scores[p], mean_top1, cfg.bootstrap, cfg.seed) for p in cfg.proxies},
               "seed_noise": seed_noise(top1)}
