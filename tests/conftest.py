@@ -21,6 +21,16 @@ from pinas.stages.supernet import SupernetConfig  # noqa: E402
 
 torch.set_num_threads(1)
 
+#: the two longest modules, started first and on different workers (``--dist loadfile --no-loadscope-reorder`` hands
+#: out modules in collection order, one to each worker, then the rest to whichever is free), so both workers end
+#: together instead of one waiting for a long module that started last
+LONGEST_FIRST = ("test_faults.py", "test_paper_profile.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))  # stable: the others keep their order
+
 #: the few-step demo supernet of the evaluator and search tests, and the evaluator they score with
 SUPERNET_CFG = SupernetConfig(space="demo", epochs=0.5, batch_size=16, queue_size=256, projector_hidden=128,
                               base_lr=1.0, ema_momentum=0.99, num_workers=0, device="cpu", log_every=5)
