@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,10 @@ from torch import nn
 from pinas.engine.distributed import SINGLE_PROCESS, DistInfo, all_gather_cat
 from pinas.models.backbone import PiNASBackbone
 from pinas.space import Arch
+
+#: what a supernet is trained with: ``pi`` (cross-path contrast, the method), ``same_path`` (MoCo contrast within one
+#: path, the paper's no-cross-path ablation), ``spos`` (one uniform path, supervised cross-entropy: SPOS)
+Objective = Literal["pi", "same_path", "spos"]
 
 
 class Projector(nn.Sequential):

@@ -24,6 +24,7 @@ from pinas.data.images import scan_image_folder
 from pinas.data.transforms import MocoV2Views
 from pinas.engine.distributed import resolve_device
 from pinas.io.stage_dirs import ProbeDir, RetrainDir, StudyDir, SupernetDir
+from pinas.models.supernet_pi import Objective
 from pinas.plots import plot_study
 from pinas.search.constraints import cost_model
 from pinas.search.evaluation import EvaluatorConfig, ProxyName, build_evaluator
@@ -32,7 +33,6 @@ from pinas.space import get_space
 from pinas.stages.common import StageConfig, finished_run
 
 log = logging.getLogger("pinas")
-Objective = Literal["pi", "same_path", "spos"]
 ALL_PROXIES: tuple[str, ...] = ("contrastive", "linear_probe", "bn_gamma")
 
 

@@ -38,7 +38,7 @@ from pinas.engine.schedules import cosine_lr, set_lr
 from pinas.engine.steplog import read_step_log
 from pinas.io.stage_dirs import SupernetDir
 from pinas.models.backbone import PiNASBackbone
-from pinas.models.supernet_pi import PathClassifier, SupernetPi, TwoPathStudent, zero_off_path_grads
+from pinas.models.supernet_pi import Objective, PathClassifier, SupernetPi, TwoPathStudent, zero_off_path_grads
 from pinas.space import Arch, get_space
 from pinas.stages.common import DistributedStageConfig, finished_run, launch
 
@@ -50,7 +50,7 @@ class SupernetConfig(DistributedStageConfig):
     """Hyper-parameters of supernet-Pi training; defaults are the paper's (method doc 2.5-2.7)."""
 
     space: str = "resnest50"
-    objective: Literal["pi", "same_path", "spos"] = Field(
+    objective: Objective = Field(
         "pi", description="pi: cross-path contrast (the method); same_path: MoCo contrast within one path (no "
                           "cross-path term); spos: single path, supervised cross-entropy on the labels (SPOS)")
     epochs: float = Field(100, gt=0, description="passes over the training images")
