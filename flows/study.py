@@ -33,6 +33,7 @@ from pinas import __version__
 from pinas.config import PipelineConfig, Profile, load_config
 from pinas.io.artifacts import atomic_write_json, check_writable_dir
 from pinas.io.stage_dirs import StudyDir
+from pinas.preflight import check_study
 from pinas.stages.study import StudyScoreConfig, applicable_proxies, run_study
 
 #: the cost pick's head size: every architecture has the same head, so the order by MACs does not depend on it
@@ -98,6 +99,7 @@ def pinas_study(profile: Profile = "demo", overrides: dict[str, Any] | None = No
     archs = study_architectures(config)
     with alive(Path(root), FlowRunContext.get().flow_run.id):
         imagenet = {"imagenet": data_task(config.data, root, ("imagenet",))["imagenet"]}
+        check_study(config, Path(imagenet["imagenet"]["path"]))  # before any training
         supernets, probes = {}, {}
         for objective in study.supernets:
             cfg = config.supernet.model_copy(update={"objective": objective})

@@ -44,10 +44,7 @@ def check_run(config: PipelineConfig, datasets: dict[str, dict], run_root: Path)
         raise PreflightError(f"data.imagenet: {exc}") from None
     stages = set(config.stages)
     if "supernet" in stages:
-        batch = config.supernet.batch_size * config.supernet.nproc
-        if len(train) < batch:
-            problems.append(f"supernet.batch_size: {imagenet / 'train'} has {len(train)} images, fewer than one "
-                            f"global batch ({config.supernet.batch_size} x nproc {config.supernet.nproc})")
+        problems += _supernet_problems(config, config.supernet.objective, imagenet, train, classes)
     if "search" in stages:
         problems += _search_problems(config, imagenet, train, classes)
     if "retrain" in stages:
@@ -61,6 +58,30 @@ def check_run(config: PipelineConfig, datasets: dict[str, dict], run_root: Path)
         problems += _transfer_problems(config, datasets, Path(run_root))
     if problems:
         raise PreflightError("the run cannot start:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def check_study(config: PipelineConfig, imagenet: Path) -> None:
+    """The checks of :func:`check_run` that the ranking study's supernets need, for each of its objectives."""
+    try:
+        train, classes = scan_image_folder(imagenet / "train")
+    except DataError as exc:
+        raise PreflightError(f"data.imagenet: {exc}") from None
+    problems = sorted({p for objective in config.study.supernets
+                       for p in _supernet_problems(config, objective, imagenet, train, classes)})
+    if problems:
+        raise PreflightError("the study cannot start:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _supernet_problems(config: PipelineConfig, objective: str, imagenet: Path, train: list,
+                       classes: list[str]) -> list[str]:
+    problems, batch = [], config.supernet.batch_size * config.supernet.nproc
+    if len(train) < batch:
+        problems.append(f"supernet.batch_size: {imagenet / 'train'} has {len(train)} images, fewer than one "
+                        f"global batch ({config.supernet.batch_size} x nproc {config.supernet.nproc})")
+    if objective == "spos" and len(classes) < 2:
+        problems.append(f"supernet.objective spos trains a classifier: {imagenet / 'train'} has the classes "
+                        f"{classes}, it needs at least 2")
+    return problems
 
 
 def _search_problems(config: PipelineConfig, imagenet: Path, train: list, classes: list[str]) -> list[str]:

@@ -108,3 +108,17 @@ def test_the_cost_pick_spans_the_macs_range_and_bad_studies_fail_before_training
     apart = seed_noise({"a": [90.0, 91.0, 92.0], "b": [80.0, 81.0, 79.0], "c": [70.0, 71.0, 72.0]})
     alike = seed_noise({"a": [90.0, 80.0, 85.0], "b": [82.0, 88.0, 84.0], "c": [85.0, 83.0, 87.0]})
     assert apart["seed_to_seed_kendall_tau"] == 1.0 and apart["anova_p"] < 1e-4 and alike["anova_p"] > 0.9
+
+
+def test_a_spos_study_on_one_class_stops_before_training(prefect_api, demo_data, tmp_path, capsys):
+    source = demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=2)
+    for split in ("train", "val"):  # every image in one class folder
+        (tmp_path / "one" / split / "all").mkdir(parents=True)
+        for p in (source / split).glob("*/*"):
+            (tmp_path / "one" / split / "all" / f"{p.parent.name}_{p.name}").symlink_to(p)
+    run_root = tmp_path / "runs"
+    assert cli_main(["study", "--run-dir", str(run_root), "--supernets", "pi,spos", "--set", "data.source=folders",
+                     "--set", f"data.imagenet={tmp_path / 'one'}"]) == 2
+    err = capsys.readouterr().err
+    assert "supernet.objective spos trains a classifier" in err and "['all'], it needs at least 2" in err
+    assert not list((run_root / "stages").glob("supernet-*"))  # nothing trained
