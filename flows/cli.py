@@ -75,14 +75,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"  total {summary['total_seconds']:.1f} s; summary in {Path(summary['run_root']) / 'last_run.json'}")
 
 
+def flow_parameters(args: argparse.Namespace, profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The flow's parameters for what the command line asked: the run's parameters in the UI read the same."""
+    return {"profile": profile, "run_root": str(args.run_dir), "overrides": overrides,
+            "config_file": str(args.config) if args.config else ""}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.profile, parse_sets(args.set))
+    overrides = parse_sets(args.set)
+    config = load_config(args.config, args.profile, overrides)
     check_writable_dir(args.run_dir)
     check_folders(config.data, needed_datasets(config))
     from flows.pipeline import StagesFailed, pinas_pipeline  # imports Prefect: once the config is known to be good
 
     try:
-        summary = with_prefect_api(lambda: pinas_pipeline(config=config, run_root=str(args.run_dir)))
+        summary = with_prefect_api(lambda: pinas_pipeline(**flow_parameters(args, config.profile, overrides)))
     except StagesFailed as failed:
         _print_summary(failed.summary)
         for stage, info in failed.summary["failed"].items():
@@ -127,7 +134,7 @@ def cmd_study(args: argparse.Namespace) -> int:
           f"{', '.join(config.study.supernets)}")
     from flows.study import pinas_study
 
-    summary = with_prefect_api(lambda: pinas_study(config=config, run_root=str(args.run_dir)))
+    summary = with_prefect_api(lambda: pinas_study(**flow_parameters(args, config.profile, overrides)))
     print(f"\npinas {summary['pinas_version']} — ranking study — {len(summary['archs'])} architectures, seeds "
           f"{summary['seeds']} — {summary['total_seconds']:.1f} s")
     print(f"  {'supernet':<10} {'proxy':<13} {'Kendall tau [95% CI]':<26} {'Spearman rho [95% CI]':<26} "
@@ -162,10 +169,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    load_config(args.config, args.profile)  # fail now, not when the first run starts
+    profile = load_config(args.config, args.profile).profile  # fail now, not when the first run starts
     from flows.pipeline import pinas_pipeline
 
-    params = {"profile": args.profile or "demo", "run_root": str(args.run_dir.resolve())}
+    params = {"profile": profile, "run_root": str(args.run_dir.resolve())}
     if args.config:
         params["config_file"] = str(args.config.resolve())
     pinas_pipeline.serve(name=args.name, parameters=params)

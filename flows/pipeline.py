@@ -22,9 +22,10 @@ from prefect.context import FlowRunContext
 
 from flows.caching import RESULTS_DIR, StageCachePolicy, stage_dir, stage_key, stage_record, upstream_digests
 from flows.liveness import alive
+from flows.params import flow_config
 from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publish_table, route_library_logs
 from pinas import __version__
-from pinas.config import SEARCHED, PipelineConfig, Profile, load_config, needed_datasets
+from pinas.config import SEARCHED, PipelineConfig, Profile, StageName, needed_datasets
 from pinas.data.sources import resolve_datasets
 from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.placement import DevicePool
@@ -164,17 +165,34 @@ def retrain_config(config: PipelineConfig, search: dict | None) -> Any:
 
 
 @flow(name="pinas-pipeline", log_prints=True)
-def pinas_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None = None,
-                   config_file: str | None = None, run_root: str = "runs",
-                   config: PipelineConfig | None = None) -> dict[str, Any]:
-    """Run the stages of Pi-NAS listed in ``config.stages``; finished stages come from the cache.
+def pinas_pipeline(profile: Profile = "demo", run_root: str = "runs", imagenet: str = "", coco: str = "",
+                   ade20k: str = "", cityscapes: str = "", devices: int = 0, stages: list[StageName] = [],  # noqa: B006
+                   arch: str = "", overrides: dict[str, Any] = {}, config_file: str = "") -> dict[str, Any]:  # noqa: B006
+    """Run the stages of Pi-NAS; a stage already finished with the same inputs comes from the cache.
 
-    Deployments and the UI pass ``profile`` + ``overrides`` (a nested mapping merged over the profile, e.g.
-    ``{"data": {"imagenet": "/data/imagenet"}}``) or a ``config_file`` on the worker; the CLI passes ``config``.
+    An empty field keeps what the profile (and the config file) say; ``overrides`` is merged last.
+
+    Args:
+        profile: demo (generated data, CPU, minutes) or paper (ResNeSt-50 space, real datasets, GPUs).
+        run_root: folder of the stages, the cache and last_run.json, on the machine that runs the flow; the same
+            run root and settings resume a stopped run.
+        imagenet: ImageNet-format folder (train/ and val/ of class folders): data.imagenet.
+        coco: COCO folder (annotations/, train2017/, val2017/): data.coco.
+        ade20k: ADE20K folder (ADEChallengeData2016 layout): data.ade20k.
+        cityscapes: Cityscapes folder (leftImg8bit/, gtFine/): data.cityscapes.
+        devices: GPUs (processes) per node for every distributed stage; 0 keeps the profile's.
+        stages: which of supernet, search, retrain, transfer, export run; none selected runs the profile's.
+        arch: an architecture (e.g. 301-3231-203213-032 or pinas-cls) to retrain, transfer and export instead of
+            the searched one; empty keeps the profile's (searched).
+        overrides: any other settings by section, merged over everything above, e.g.
+            {"supernet": {"epochs": 2}, "search": {"population": 20}, "nodes": {"count": 2}}; the sections of
+            pinas.config.PipelineConfig: data, supernet, linear_probe, search, retrain, transfer, export, nodes.
+        config_file: a YAML file on the worker, merged over the profile before the fields above.
     """
     started = time.perf_counter()
     route_library_logs()
-    config = config or load_config(config_file, profile, overrides)
+    config = flow_config(profile, config_file, overrides, stages=stages, arch=arch, devices=devices,
+                         folders={"imagenet": imagenet, "coco": coco, "ade20k": ade20k, "cityscapes": cityscapes})
     root = str(check_writable_dir(Path(run_root)))
     if config.nodes.rank:
         return join_as_follower(config, root)

@@ -18,6 +18,7 @@ from prefect.context import FlowRunContext
 
 from flows.caching import RESULTS_DIR
 from flows.liveness import alive
+from flows.params import flow_config
 from flows.pipeline import (
     STAGE_TASK,
     claim,
@@ -30,9 +31,10 @@ from flows.pipeline import (
 )
 from flows.ui import publish_markdown, publish_table, route_library_logs
 from pinas import __version__
-from pinas.config import PipelineConfig, Profile, load_config
+from pinas.config import PipelineConfig, Profile
 from pinas.io.artifacts import atomic_write_json, check_writable_dir
 from pinas.io.stage_dirs import StudyDir
+from pinas.models.supernet_pi import Objective
 from pinas.preflight import check_study
 from pinas.stages.study import StudyScoreConfig, applicable_proxies, run_study
 
@@ -85,34 +87,48 @@ def _round(value: float | None) -> float | None:
 
 
 @flow(name="pinas-study", log_prints=True)
-def pinas_study(profile: Profile = "demo", overrides: dict[str, Any] | None = None, config_file: str | None = None,
-                run_root: str = "runs", config: PipelineConfig | None = None) -> dict[str, Any]:
+def pinas_study(profile: Profile = "demo", run_root: str = "runs", supernets: list[Objective] = [],  # noqa: B006
+                archs: int = 0, imagenet: str = "", devices: int = 0, overrides: dict[str, Any] = {},  # noqa: B006
+                config_file: str = "") -> dict[str, Any]:
     """Train each supernet of ``study.supernets``, retrain the study's architectures, score and correlate.
 
-    Parameters as for the pipeline flow; the ``study`` section of the config says what to compare.
+    An empty field keeps what the profile (and the config file) say; ``overrides`` is merged last.
+
+    Args:
+        profile: demo (generated data, CPU) or paper (ResNeSt-50 space, ImageNet, GPUs).
+        run_root: folder of the stages and the cache; a pipeline run's supernet in the same run root is reused.
+        supernets: the supernet objectives compared on the same retrained architectures (pi, same_path, spos);
+            none selected keeps study.supernets.
+        archs: architectures retrained stand-alone (at least 3); 0 keeps study.archs.
+        imagenet: ImageNet-format folder (train/ and val/ of class folders): data.imagenet.
+        devices: GPUs (processes) per node for the training stages; 0 keeps the profile's.
+        overrides: any other settings by section, merged last, e.g. {"study": {"seeds": [0, 1, 2], "concurrency": 2},
+            "retrain": {"epochs": 20}}; the sections of pinas.config.PipelineConfig.
+        config_file: a YAML file on the worker, merged over the profile before the fields above.
     """
     started = time.perf_counter()
     route_library_logs()
-    config = config or load_config(config_file, profile, overrides)
+    config = flow_config(profile, config_file, overrides, devices=devices, folders={"imagenet": imagenet},
+                         study={"supernets": supernets, "archs": archs})
     root = str(check_writable_dir(Path(run_root)))
     study, storage = config.study, Path(root) / RESULTS_DIR
-    archs = study_architectures(config)
+    picked = study_architectures(config)
     with alive(Path(root), FlowRunContext.get().flow_run.id):
         imagenet = {"imagenet": data_task(config.data, root, ("imagenet",))["imagenet"]}
         check_study(config, Path(imagenet["imagenet"]["path"]))  # before any training
-        supernets, probes = {}, {}
+        trained, probes = {}, {}
         for objective in study.supernets:
             cfg = config.supernet.model_copy(update={"objective": objective})
-            supernets[objective] = supernet_task.with_options(result_storage=storage)(
+            trained[objective] = supernet_task.with_options(result_storage=storage)(
                 "supernet", cfg, imagenet, root, nodes=config.nodes)
             if "linear_probe" in study.proxies:
                 probes[objective] = probe_task.with_options(result_storage=storage)(
-                    "linear-probe", config.linear_probe, {**imagenet, "supernet": supernets[objective]}, root,
+                    "linear-probe", config.linear_probe, {**imagenet, "supernet": trained[objective]}, root,
                     nodes=config.nodes)
-        retrains = run_retrains(config, archs, imagenet, root)
+        retrains = run_retrains(config, picked, imagenet, root)
         records, reports = {}, {}
-        for objective, supernet in supernets.items():
-            score_cfg = StudyScoreConfig(objective=objective, archs=archs, seeds=study.seeds,
+        for objective, supernet in trained.items():
+            score_cfg = StudyScoreConfig(objective=objective, archs=picked, seeds=study.seeds,
                                          proxies=applicable_proxies(study.proxies, objective),
                                          evaluator=config.search.evaluator, bootstrap=study.bootstrap,
                                          seed=study.seed)
@@ -123,7 +139,7 @@ def pinas_study(profile: Profile = "demo", overrides: dict[str, Any] | None = No
             records[stage] = study_task.with_options(result_storage=storage)(stage, score_cfg, upstream, root)
             reports[objective] = StudyDir(records[stage]["dir"]).report()
     rows = correlation_rows(reports)
-    summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root, "archs": archs,
+    summary = {"pinas_version": __version__, "profile": config.profile, "run_root": root, "archs": picked,
                "seeds": study.seeds, "correlations": rows,
                "retrain_noise": next(iter(reports.values()))["seed_noise"],  # the same retrains for every supernet
                "studies": {stage: rec["dir"] for stage, rec in records.items()},

@@ -22,7 +22,6 @@ from prefect_runs import runs_of, task_states
 
 from flows.cli import main as cli_main
 from flows.pipeline import pinas_pipeline
-from pinas.config import load_config
 from pinas.engine.checkpoint import Checkpointer
 from pinas.io.artifacts import verify_manifest
 from pinas.io.locking import hold
@@ -163,7 +162,7 @@ def test_sigkill_in_every_training_stage_then_the_same_command_resumes(api_url, 
     assert json.loads((published / "model_card.json").read_text())["model"]["arch"] == searched
 
     # the whole flow again: every stage from the cache, nothing recomputed
-    state = pinas_pipeline(config=load_config(config_file), run_root=str(run_root), return_state=True)
+    state = pinas_pipeline(config_file=str(config_file), run_root=str(run_root), return_state=True)
     assert state.is_completed()
     again = task_states(state.state_details.flow_run_id)
     assert set(again.values()) <= {"Cached", "Completed"}

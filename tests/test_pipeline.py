@@ -22,7 +22,6 @@ from prefect_runs import runs_of, task_states
 
 from flows.cli import main as cli_main
 from flows.pipeline import pinas_pipeline
-from pinas.config import load_config
 from pinas.io.artifacts import sha256_file, verify_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +36,8 @@ TINY = {
 }
 
 
-def run(config, root):
-    state = pinas_pipeline(config=config, run_root=str(root), return_state=True)
+def run(overrides, root):
+    state = pinas_pipeline(overrides=overrides, run_root=str(root), return_state=True)
     summary = state.result()
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
@@ -48,8 +47,7 @@ def run(config, root):
 
 
 def test_cache_hits_changes_and_rebuilds(tmp_path):
-    config = load_config(profile="demo", overrides=TINY)
-    summary, states, flow_run = run(config, tmp_path)
+    summary, states, flow_run = run(TINY, tmp_path)
     assert flow_run.state.is_completed()
     record = summary["stages"]["supernet"]
     assert states["supernet"] == "Completed"
@@ -57,8 +55,8 @@ def test_cache_hits_changes_and_rebuilds(tmp_path):
     artifact = record["files"]["supernet.pt"]
     digest, ckpts = sha256_file(artifact), sorted(p.name for p in (tmp_path / "stages").glob("*/checkpoints/*"))
 
-    # same config: the task is a Prefect cache hit and nothing is trained again
-    summary2, states2, _ = run(config, tmp_path)
+    # same settings: the task is a Prefect cache hit and nothing is trained again
+    summary2, states2, _ = run(TINY, tmp_path)
     assert states2["supernet"] == "Cached"
     assert summary2["stages"]["supernet"] == record
     assert sorted(p.name for p in (tmp_path / "stages").glob("*/checkpoints/*")) == ckpts
@@ -67,20 +65,20 @@ def test_cache_hits_changes_and_rebuilds(tmp_path):
     with open(artifact, "r+b") as f:
         f.seek(100)
         f.write(b"garbage")
-    _, states3, _ = run(config, tmp_path)
+    _, states3, _ = run(TINY, tmp_path)
     assert states3["supernet"] == "Completed"
     assert sha256_file(artifact) == digest
     verify_manifest(record["dir"])
 
     # deleted stage folder: trained again from scratch, in the same folder
     shutil.rmtree(record["dir"])
-    summary4, states4, _ = run(config, tmp_path)
+    summary4, states4, _ = run(TINY, tmp_path)
     assert states4["supernet"] == "Completed"
     assert summary4["stages"]["supernet"]["dir"] == record["dir"]
     verify_manifest(record["dir"])
 
     # a changed hyper-parameter: a new key, a new folder, trained; the old folder is left alone
-    changed = load_config(profile="demo", overrides={**TINY, "supernet": {**TINY["supernet"], "base_lr": 0.02}})
+    changed = {**TINY, "supernet": {**TINY["supernet"], "base_lr": 0.02}}
     summary5, states5, _ = run(changed, tmp_path)
     assert states5["supernet"] == "Completed"
     assert summary5["stages"]["supernet"]["dir"] != record["dir"]
