@@ -23,7 +23,15 @@ from prefect.context import FlowRunContext
 from flows.caching import RESULTS_DIR, StageCachePolicy, stage_dir, stage_key, stage_record, upstream_digests
 from flows.liveness import alive
 from flows.params import flow_config
-from flows.ui import metrics_markdown, progress_reporter, publish_markdown, publish_table, route_library_logs
+from flows.ui import (
+    metrics_markdown,
+    progress_reporter,
+    publish_images,
+    publish_markdown,
+    publish_table,
+    publish_training_curves,
+    route_library_logs,
+)
 from pinas import __version__
 from pinas.config import SEARCHED, PipelineConfig, Profile, StageName, needed_datasets
 from pinas.data.sources import resolve_datasets
@@ -31,7 +39,7 @@ from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.placement import DevicePool
 from pinas.io.artifacts import atomic_write_json, check_writable_dir, publish_copy
 from pinas.io.locking import hold
-from pinas.io.stage_dirs import ExportDir, SearchDir, TransferDir
+from pinas.io.stage_dirs import ExportDir, ProbeDir, RetrainDir, SearchDir, SupernetDir, TransferDir
 from pinas.paper import compare_rows
 from pinas.preflight import check_run
 from pinas.stages.export import run_export
@@ -83,18 +91,20 @@ def preflight_task(config: Any, datasets: dict[str, dict], run_root: str) -> Non
 def supernet_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
                   nodes: Nodes = SINGLE_NODE) -> dict:
     """Stage 1: unsupervised supernet-Pi training."""
-    with claim(stage, config, upstream, run_root) as (key, folder):
-        run_supernet(config, stage_path(upstream["imagenet"], "train"), folder, progress_reporter(stage), nodes)
+    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
+        run_supernet(config, stage_path(upstream["imagenet"], "train"), folder, progress, nodes)
+        publish_training_curves(stage, f"Supernet training ({config.objective})", folder / SupernetDir.STEP_LOG)
         return finish_stage(stage, "Supernet-Pi training", folder, key)
 
 
 @task(name="linear-probe", **STAGE_TASK)
 def probe_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str, nodes: Nodes = SINGLE_NODE) -> dict:
     """The shared linear classifier on the frozen supernet (needed by the linear-probe proxy)."""
-    with claim(stage, config, upstream, run_root) as (key, folder):
+    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
         imagenet = upstream["imagenet"]
         run_linear_probe(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"), folder,
-                         stage_path(imagenet, "val"), progress_reporter(stage), nodes)
+                         stage_path(imagenet, "val"), progress, nodes)
+        publish_training_curves(stage, "Linear probe on the frozen supernet", folder / ProbeDir.STEP_LOG)
         return finish_stage(stage, "Linear probe", folder, key)
 
 
@@ -102,18 +112,18 @@ def probe_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str
 def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
                 nodes: Nodes = SINGLE_NODE) -> dict:
     """Stage 2: evolutionary search on the trained supernet."""
-    with claim(stage, config, upstream, run_root) as (key, folder):
+    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
         imagenet = upstream["imagenet"]
         probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
         run_search(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"),
-                   stage_path(imagenet, "val"), folder, probe, progress_reporter(stage), rendezvous=nodes)
+                   stage_path(imagenet, "val"), folder, probe, progress, rendezvous=nodes)
         record = finish_stage(stage, "Evolutionary search", folder, key)
         result = SearchDir(folder).result()
         publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
                                        for c in result["top_k"]], "search: top-k candidates (params, MACs, proxy)")
-        plots = SearchDir(folder)
-        publish_markdown("search-plots", f"## Search plots\n\n- fitness per generation: `{plots / plots.FITNESS_PLOT}`"
-                         f"\n- Pareto front: `{plots / plots.PARETO_PLOT}`\n", "search plots (files)")
+        publish_images("search-plots", "Search plots", {"fitness per generation": folder / SearchDir.FITNESS_PLOT,
+                                                         "Pareto front": folder / SearchDir.PARETO_PLOT},
+                       "search: fitness per generation and the Pareto front")
         return record
 
 
@@ -121,8 +131,9 @@ def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: st
 def retrain_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
                  nodes: Nodes = SINGLE_NODE) -> dict:
     """Stage 3: the chosen architecture trained from scratch on ImageNet-format data."""
-    with claim(stage, config, upstream, run_root) as (key, folder):
-        run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress_reporter(stage), rendezvous=nodes)
+    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
+        run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress, rendezvous=nodes)
+        publish_training_curves(stage, f"Retraining {config.arch}", folder / RetrainDir.STEP_LOG)
         record = finish_stage(stage, "Retraining", folder, key)
         publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"]), "retrain vs the paper")
         return record

@@ -29,7 +29,7 @@ from flows.pipeline import (
     stage_path,
     supernet_task,
 )
-from flows.ui import publish_markdown, publish_table, route_library_logs
+from flows.ui import publish_images, publish_table, route_library_logs
 from pinas import __version__
 from pinas.config import PipelineConfig, Profile
 from pinas.io.artifacts import atomic_write_json, check_writable_dir
@@ -146,10 +146,10 @@ def pinas_study(profile: Profile = "demo", run_root: str = "runs", supernets: li
                "total_seconds": round(time.perf_counter() - started, 2)}
     atomic_write_json(Path(root) / SUMMARY, summary)
     publish_table("study-correlations", rows, "ranking study: Kendall tau / Spearman rho per supernet and proxy")
-    publish_markdown("study-plots", "## Ranking study plots\n\n" + "\n".join(
-        f"- {stage}, {proxy}: `{Path(rec['dir']) / StudyDir.scatter(proxy)}`"
-        for stage, rec in records.items() for proxy in reports[stage.removeprefix('study-')]["correlations"]),
-        "ranking study scatter plots (files)")
+    publish_images("study-plots", "Ranking study: proxy score against stand-alone top-1", {
+        f"{stage}, {proxy}": Path(rec["dir"]) / StudyDir.scatter(proxy)
+        for stage, rec in records.items() for proxy in reports[stage.removeprefix("study-")]["correlations"]},
+        "ranking study scatter plots")
     return summary
 
 

@@ -1,12 +1,15 @@
-"""PNG pictures of a search (fitness per generation, the Pareto front) and of a ranking study (proxy vs top-1).
+"""PNG pictures of training (loss and accuracy per step), of a search (fitness per generation, the Pareto front)
+and of a ranking study (proxy vs top-1).
 
 Figures are drawn on matplotlib's object API with the Agg canvas, never through ``pyplot``: no global backend
-switch, no window, safe in worker threads and under Prefect. Files are written atomically like every artifact.
+switch, no window, safe in worker threads and under Prefect. Files are written atomically like every artifact; a
+binary stream (``io.BytesIO``) gets the PNG bytes instead, for the Prefect UI.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -24,9 +27,42 @@ def _figure():
     return fig
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path | BinaryIO) -> Path | BinaryIO:
     fig.tight_layout()
+    if hasattr(path, "write"):
+        fig.savefig(path, format="png", dpi=120)
+        return path
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
+#: accuracy-like metrics of a step log, in percent: per step (train_top1) or per evaluation (top1, top5)
+ACCURACY_KEYS = ("train_top1", "top1", "top5")
+
+
+def plot_training(records: Sequence[dict], path: str | Path | BinaryIO, title: str = "") -> Path | BinaryIO:
+    """A training curve from a step log (``metrics.jsonl``): the loss per logged step and, when the stage has any,
+    its accuracies (train top-1 per step, validation top-1 / top-5 per evaluation) on a second panel."""
+    fig = _figure()
+    loss = [r for r in records if "loss" in r]
+    accuracy = {k: [r for r in records if k in r] for k in ACCURACY_KEYS}
+    accuracy = {k: rows for k, rows in accuracy.items() if rows}
+    axes = fig.subplots(1, 2 if accuracy else 1, squeeze=False)[0]
+    ax = axes[0]
+    ax.plot([r["step"] for r in loss], [r["loss"] for r in loss], ".-", color="tab:blue", ms=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if accuracy:
+        ax = axes[1]
+        for key, rows in accuracy.items():
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], ".-" if key == "train_top1" else "o-",
+                    ms=4, label="train top-1 (batch)" if key == "train_top1" else f"validation {key}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def plot_fitness(history: Sequence[dict], path: str | Path, proxy: str = "proxy") -> Path:

@@ -28,3 +28,21 @@ def runs_of(run_root: Path) -> list:
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_ASC)
     return [r for r in runs if r.parameters.get("run_root") == str(run_root)]
+
+
+def artifacts_of(flow_run_id) -> dict[str, object]:
+    """The artifacts of a flow run (its tasks' included), by key: their data (Markdown text, table rows...)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a.data for a in artifacts if a.key}
+
+
+def embedded_pngs(markdown: str) -> list[bytes]:
+    """The PNG images embedded as data URIs in a Markdown artifact, decoded."""
+    import base64
+    import re
+
+    return [base64.b64decode(m) for m in re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)]

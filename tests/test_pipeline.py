@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect_runs import runs_of, task_states
+from prefect_runs import artifacts_of, embedded_pngs, runs_of, task_states
 
 from flows.cli import main as cli_main
 from flows.pipeline import pinas_pipeline
@@ -49,6 +49,11 @@ def run(overrides, root):
 def test_cache_hits_changes_and_rebuilds(tmp_path):
     summary, states, flow_run = run(TINY, tmp_path)
     assert flow_run.state.is_completed()
+    # the UI gets the loss curve as an image it renders inline, and a progress bar at 100 %
+    artifacts = artifacts_of(flow_run.id)
+    (curve,) = embedded_pngs(artifacts["supernet-curves"])
+    assert curve.startswith(b"\x89PNG\r\n\x1a\n") and len(curve) > 5000
+    assert artifacts["supernet-progress"] == 100.0
     record = summary["stages"]["supernet"]
     assert states["supernet"] == "Completed"
     verify_manifest(record["dir"])

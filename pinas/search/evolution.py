@@ -161,6 +161,8 @@ class EvolutionSearch:
         t0 = time.perf_counter()
         total = self.cfg.generations * self.cfg.population
         scores = []
+        if progress:  # the generation is scored in one batch: say what is running until it is done
+            progress(min(len(self.candidates), total), total, {"generation": g, "scoring": len(population)})
         results = self.evaluator.evaluate_many([arch for arch, _ in population])
         for (arch, origin), result in zip(population, results):
             rec = {"arch": result.arch, "generation": g, "origin": origin, "proxy": result.proxy,
