@@ -229,7 +229,8 @@ class LoggerHook(Hook):
 
     def _report(self, loop: TrainLoop, kind: str, record: dict[str, Any]) -> None:
         shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
-        log.info("%s %s step %d/%d (epoch %.3g): %s", loop.name, kind, loop.step, loop.total_steps, loop.epoch, shown)
+        log.info("%s%s step %d/%d (epoch %.3g): %s", loop.name, " eval at" if kind == "eval" else "", loop.step,
+                 loop.total_steps, loop.epoch, shown)
         if self.progress:
             self.progress(loop.step, loop.total_steps, record)
         self._timed, self._reported = 0, time.perf_counter()
