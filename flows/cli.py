@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 import flows  # noqa: F401  (sets Prefect's environment before Prefect is imported)
+from flows import early_api
 from pinas.config import ConfigError, load_config, needed_datasets
 from pinas.data.sources import DatasetError, check_folders
 from pinas.io.artifacts import RunRootError, check_writable_dir
@@ -103,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def with_prefect_api(run_flow):
     """``run_flow()``, with Prefect's failure to start its temporary API turned into one line saying what to do."""
+    early_api.wait()  # begun by the pinas-pipeline entry point, if it was
     try:
         return run_flow()
     except RuntimeError as exc:

@@ -101,8 +101,8 @@ def _search_problems(config: PipelineConfig, imagenet: Path, train: list, classe
         except (OSError, ValueError, KeyError) as exc:
             problems.append(f"search.latency_table: {exc}")
     try:
-        Constraints.from_config(search).check_reachable(cost_model(space, search.num_classes or len(classes)),
-                                                        latency)
+        Constraints.from_config(search).check_reachable(
+            lambda: cost_model(space, search.num_classes or len(classes)), latency)
     except ValueError as exc:
         problems.append(f"search: {exc}")
     return problems

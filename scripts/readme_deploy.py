@@ -10,6 +10,7 @@ non-zero stops everything with its output.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -186,15 +187,23 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
         proc.wait()
 
 
-def _kill_leftovers(marker: str) -> None:
-    """SIGKILL every process whose environment holds ``marker``: flow runs a worker started in sessions of their
-    own outlive the worker's process group."""
-    needle = marker.encode() + b"\0"
+def processes_with(marker: str) -> list[int]:
+    """The processes whose environment holds ``marker`` (e.g. ``PREFECT_HOME=/tmp/x``), this one excepted."""
+    needle, found = marker.encode() + b"\0", []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if needle in (entry / "environ").read_bytes() + b"\0":
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
+                found.append(int(entry.name))
+        except OSError:
             continue
+    return found
+
+
+def _kill_leftovers(marker: str) -> None:
+    """SIGKILL every process whose environment holds ``marker``: flow runs a worker started in sessions of their
+    own outlive the worker's process group."""
+    for pid in processes_with(marker):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

@@ -64,9 +64,9 @@ def start(config_file: Path, run_root: Path, api_url: str, log: Path, **popen) -
     env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
            "PINAS_EXPORTS_DIR": str(run_root.parent / "exports")}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config_file),
-                                 "--run-dir", str(run_root)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, **popen)
+        return subprocess.Popen([str(Path(sys.executable).parent / "pinas-pipeline"), "run", "--config",
+                                 str(config_file), "--run-dir", str(run_root)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, **popen)
 
 
 def unfinished(run_root: Path, stage: str) -> list[Path]:

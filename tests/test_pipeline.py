@@ -19,6 +19,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect_runs import artifacts_of, embedded_pngs, runs_of, task_states
+from readme_deploy import processes_with
 
 from flows.cli import main as cli_main
 from flows.pipeline import pinas_pipeline
@@ -144,12 +145,14 @@ def test_without_a_prefect_api_one_line_says_what_to_do(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
                PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--run-dir", str(tmp_path / "r")], env=env,
-                          capture_output=True, text=True, timeout=300)
+    # the console script: it starts the temporary API early (flows.early_api), and that start fails too
+    proc = subprocess.run([str(Path(sys.executable).parent / "pinas-pipeline"), "run", "--run-dir",
+                           str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("pinas-pipeline: error:")]
     assert len(errors) == 1 and "did not start in time" in errors[0] and "prefect server start" in errors[0]
     assert "PREFECT_API_URL=http://127.0.0.1:4200/api" in errors[0] and "Traceback" not in proc.stderr
+    assert processes_with(f"PREFECT_HOME={tmp_path / 'home'}") == []  # no server left running by either start
 
 
 def test_a_failed_transfer_is_not_fatal_and_the_same_command_redoes_only_it(tmp_path, capsys):

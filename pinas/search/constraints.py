@@ -97,8 +97,26 @@ class Constraints:
                   (self.max_latency_ms, rec.get("latency_ms"), -1))
         return all(bound is None or (value - bound) * sign >= 0 for bound, value, sign in checks)
 
-    def check_reachable(self, cost: CostModel, latency: LatencyTable | None) -> None:
-        """Fail early, naming the field, when one bound lies outside everything the space can reach."""
+    @property
+    def bounds_cost(self) -> bool:
+        """Whether a params or MACs bound is set (checking one needs the cost table)."""
+        return any(b is not None for b in (self.min_params, self.max_params, self.min_macs, self.max_macs))
+
+    def check_reachable(self, cost: CostModel | Callable[[], CostModel], latency: LatencyTable | None) -> None:
+        """Fail early, naming the field, when one bound lies outside everything the space can reach.
+
+        ``cost`` may be a function that builds the table: it is called only when a params or MACs bound is set
+        (building it traces the supernet, a second and more that a run without such bounds need not pay).
+        """
+        if self.bounds_cost:
+            self._check_cost_reachable(cost if isinstance(cost, CostModel) else cost())
+        if latency is not None and self.max_latency_ms is not None:
+            fastest = latency.fixed_ms + latency.layers.min(1).sum()
+            if self.max_latency_ms < fastest:
+                raise ValueError(f"no architecture satisfies max_latency_ms = {self.max_latency_ms}: the fastest "
+                                 f"takes {fastest:.3f} ms by the latency table")
+
+    def _check_cost_reachable(self, cost: CostModel) -> None:
         fixed = cost.fixed
         ranges = {"params": (fixed.params + sum(map(min, cost.layer_params)),
                              fixed.params + sum(map(max, cost.layer_params))),
@@ -110,11 +128,6 @@ class Constraints:
             if bound is not None and (bound > hi if is_min else bound < lo):
                 raise ValueError(f"no architecture satisfies {field} = {bound / 1e6:g}: {what} in space "
                                  f"{cost.space.name!r} range from {lo / 1e6:.4f} M to {hi / 1e6:.4f} M")
-        if latency is not None and self.max_latency_ms is not None:
-            fastest = latency.fixed_ms + latency.layers.min(1).sum()
-            if self.max_latency_ms < fastest:
-                raise ValueError(f"no architecture satisfies max_latency_ms = {self.max_latency_ms}: the fastest "
-                                 f"takes {fastest:.3f} ms by the latency table")
 
 
 @functools.lru_cache(maxsize=8)
