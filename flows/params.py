@@ -15,30 +15,30 @@ from typing import Any
 
 from pinas.config import PipelineConfig, deep_merge, load_config
 
-#: the dataset knobs, by the ``data.<name>`` setting they fill
+#: the flows' knobs by parameter name, by where they go: the top level, ``data.<name>``, ``study.<name>``
+TOP_LEVEL = ("stages", "arch", "devices")
 DATASETS = ("imagenet", "coco", "ade20k", "cityscapes")
+STUDY = ("supernets", "archs")
+#: the other parameters (run_root is where the run lives, not a setting of it)
+NOT_CONFIG = ("profile", "config_file", "overrides", "run_root")
 
 
-def knob_overrides(stages: list[str] | None = None, arch: str = "", devices: int = 0,
-                   folders: dict[str, str] | None = None, study: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The knobs that are set, as a nested override mapping (unset knobs leave the config alone)."""
-    out: dict[str, Any] = {}
-    if stages:
-        out["stages"] = list(stages)
-    if arch:
-        out["arch"] = arch
-    if devices:
-        out["devices"] = devices
-    data = {name: path for name, path in (folders or {}).items() if path}
-    if data:
-        out["data"] = data
-    study = {k: v for k, v in (study or {}).items() if v}
-    if study:
-        out["study"] = study
+def knob_overrides(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The knobs that are set, as a nested override mapping (an unset knob, "" / 0 / [], leaves the config alone)."""
+    unknown = set(parameters) - {*TOP_LEVEL, *STUDY, *DATASETS, *NOT_CONFIG}
+    if unknown:
+        raise TypeError(f"flow parameters without a place in the config: {sorted(unknown)}")
+    out: dict[str, Any] = {k: parameters[k] for k in TOP_LEVEL if parameters.get(k)}
+    for section, names in (("data", DATASETS), ("study", STUDY)):
+        given = {k: parameters[k] for k in names if parameters.get(k)}
+        if given:
+            out[section] = given
     return out
 
 
-def flow_config(profile: str, config_file: str, overrides: dict[str, Any] | None, **knobs: Any) -> PipelineConfig:
-    """The profile, then the config file on the worker (if any), then the knobs, then ``overrides``; validated
-    as a whole (a bad value is a :class:`~pinas.config.ConfigError` naming the field)."""
-    return load_config(config_file or None, profile, deep_merge(knob_overrides(**knobs), overrides or {}))
+def flow_config(parameters: dict[str, Any]) -> PipelineConfig:
+    """The config a flow run's parameters describe: the profile, then the config file on the worker (if any), then
+    the knobs, then ``overrides``; validated as a whole (a bad value is a :class:`~pinas.config.ConfigError`
+    naming the field). ``parameters`` are the flow's, by name (the flows pass ``locals()`` as they start)."""
+    return load_config(parameters.get("config_file") or None, parameters.get("profile", "demo"),
+                       deep_merge(knob_overrides(parameters), parameters.get("overrides") or {}))

@@ -200,10 +200,9 @@ def pinas_pipeline(profile: Profile = "demo", run_root: str = "runs", imagenet: 
             pinas.config.PipelineConfig: data, supernet, linear_probe, search, retrain, transfer, export, nodes.
         config_file: a YAML file on the worker, merged over the profile before the fields above.
     """
+    config = flow_config(locals())  # first: locals() holds exactly the parameters
     started = time.perf_counter()
     route_library_logs()
-    config = flow_config(profile, config_file, overrides, stages=stages, arch=arch, devices=devices,
-                         folders={"imagenet": imagenet, "coco": coco, "ade20k": ade20k, "cityscapes": cityscapes})
     root = str(check_writable_dir(Path(run_root)))
     if config.nodes.rank:
         return join_as_follower(config, root)

@@ -106,10 +106,9 @@ def pinas_study(profile: Profile = "demo", run_root: str = "runs", supernets: li
             "retrain": {"epochs": 20}}; the sections of pinas.config.PipelineConfig.
         config_file: a YAML file on the worker, merged over the profile before the fields above.
     """
+    config = flow_config(locals())  # first: locals() holds exactly the parameters
     started = time.perf_counter()
     route_library_logs()
-    config = flow_config(profile, config_file, overrides, devices=devices, folders={"imagenet": imagenet},
-                         study={"supernets": supernets, "archs": archs})
     root = str(check_writable_dir(Path(run_root)))
     study, storage = config.study, Path(root) / RESULTS_DIR
     picked = study_architectures(config)

@@ -77,12 +77,12 @@ def test_every_deployment_loads_its_flow_and_its_parameters_make_a_valid_config(
     import yaml
     from prefect.flows import load_flow_from_entrypoint
 
-    from pinas.config import load_config
+    from flows.params import flow_config
 
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     assert {d["name"] for d in deployments} >= {"demo", "paper", "study-demo"}
     for deployment in deployments:
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]), use_placeholder_flow=False)
         params = flow.validate_parameters(deployment["parameters"])
-        config = load_config(params.get("config_file"), params["profile"], params.get("overrides"))
+        config = flow_config(params)  # what the flow builds from them
         assert config.profile == deployment["parameters"]["profile"], deployment["name"]

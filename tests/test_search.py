@@ -156,9 +156,13 @@ def test_killed_search_resumes_at_the_next_generation_with_the_same_result(unint
         {"stopped_after_generation": 0}
     state = json.loads((out / STATE).read_text())
     assert state["generation"] == 0 and len(state["candidates"]) == 8 and not (out / RESULT).exists()
-    evaluated = []
-    _run(CONTRASTIVE, supernet, data, out, progress=lambda done, total, rec: evaluated.append(rec))
+    reports = []
+    _run(CONTRASTIVE, supernet, data, out, progress=lambda done, total, rec: reports.append((done, rec)))
+    evaluated = [rec for _, rec in reports if "arch" in rec]
     assert {rec["generation"] for rec in evaluated} == {1, 2} and len(evaluated) == 16  # nothing redone
+    # each generation is announced before it is scored (one batch: the UI shows what runs meanwhile)
+    assert [(done, rec) for done, rec in reports if "arch" not in rec] == [
+        (8, {"generation": 1, "scoring": 8}), (16, {"generation": 2, "scoring": 8})]
     assert _read(out) == _read(uninterrupted)
     # a finished search started again is a no-op that rewrites the same result
     _run(CONTRASTIVE, supernet, data, out, progress=lambda *a: pytest.fail("re-evaluated"))
