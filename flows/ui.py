@@ -83,7 +83,7 @@ def progress_reporter(stage: str, min_interval_s: float = 2.0,
     def report(done: int, total: int, record: dict) -> None:
         now = time.monotonic()
         with lock:
-            text = f"step {done}/{total} " + ", ".join(f"{k} {v}" for k, v in record.items() if k != "step")
+            text = f"step {done}/{total} " + ", ".join(f"{k} {_short(v)}" for k, v in record.items() if k != "step")
             state.update(done=done, total=total, text=text.strip(), at=now)
             if done < total and now - state["shown"] < min_interval_s:
                 return
@@ -112,6 +112,10 @@ def progress_reporter(stage: str, min_interval_s: float = 2.0,
         ticker.join()
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def publish_markdown(key: str, markdown: str, description: str) -> None:
     if _in_run():
         create_markdown_artifact(markdown, key=artifact_key(key), description=description)
@@ -122,8 +126,9 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> Non
         create_table_artifact(rows, key=artifact_key(key), description=description)
 
 
-def images_markdown(title: str, images: dict[str, bytes | Path]) -> str:
-    """Markdown with each PNG (bytes, or a file whose path is shown under it) embedded as a ``data:`` URI.
+def images_markdown(title: str, images: dict[str, bytes | Path], note: str = "") -> str:
+    """Markdown with each PNG (bytes, or a file whose path is shown under it) embedded as a ``data:`` URI, and
+    ``note`` at the end.
 
     The Prefect UI renders these inline; an image artifact would need a URL the browser can reach, and the plot
     files live on the machine that ran the flow.
@@ -134,12 +139,13 @@ def images_markdown(title: str, images: dict[str, bytes | Path]) -> str:
         lines += [f"### {caption}", "", f"![{caption}](data:image/png;base64,{base64.b64encode(data).decode()})", ""]
         if isinstance(image, Path):
             lines += [f"`{image}`", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + ([note, ""] if note else []))
 
 
-def publish_images(key: str, title: str, images: dict[str, bytes | Path], description: str) -> None:
+def publish_images(key: str, title: str, images: dict[str, bytes | Path], description: str, note: str = "") -> None:
     if images and _in_run():
-        create_markdown_artifact(images_markdown(title, images), key=artifact_key(key), description=description)
+        create_markdown_artifact(images_markdown(title, images, note), key=artifact_key(key),
+                                 description=description)
 
 
 def publish_training_curves(stage: str, title: str, step_log: Path) -> None:
@@ -150,7 +156,8 @@ def publish_training_curves(stage: str, title: str, step_log: Path) -> None:
     records = read_step_log(step_log)
     if records and _in_run():
         png = plot_training(records, io.BytesIO(), title).getvalue()
-        publish_images(f"{stage}-curves", title, {f"training curve ({step_log})": png}, f"{stage}: training curves")
+        publish_images(f"{stage}-curves", title, {"training curve": png}, f"{stage}: training curves",
+                       note=f"Drawn from the step log `{step_log}`.")
 
 
 def metrics_markdown(title: str, record: dict[str, Any]) -> str:

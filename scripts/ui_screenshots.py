@@ -49,18 +49,21 @@ def main(argv: list[str] | None = None) -> int:
         ui = deployment.api_url.removesuffix("/api")
         for deployment_row in deployment.api("/deployments/filter", {}):
             shot = screenshot(f"{ui}/deployments/deployment/{deployment_row['id']}/run",
-                              args.out / f"form-{deployment_row['name']}.png", height=2600)
+                              args.out / f"form-{deployment_row['name']}.png", height=1900)
             print(f"run form of {deployment_row['name']}: {shot}")
         for name in ("pinas-pipeline/demo", "pinas-study/study-demo"):
             run = deployment.wait_final(deployment.flow_runs[name], args.timeout_s)
             print(f"{name}: {run['state']['name']}")
             page = screenshot(f"{ui}/runs/flow-run/{run['id']}", args.out / f"run-{name.split('/')[1]}.png")
             print(f"flow run page: {page}")
+            seen = set()  # one page per key: the study's retrains publish one training curve each
             for artifact in deployment.api("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}):
-                if artifact["key"] in ARTIFACT_PAGES:
+                key = artifact["key"]
+                if key in ARTIFACT_PAGES and key not in seen:
+                    seen.add(key)
                     shot = screenshot(f"{ui}/artifacts/artifact/{artifact['id']}",
-                                      args.out / f"artifact-{artifact['key']}.png", ARTIFACT_PAGES[artifact["key"]])
-                    print(f"artifact {artifact['key']}: {shot}")
+                                      args.out / f"{name.split('/')[1]}-{key}.png", ARTIFACT_PAGES[key])
+                    print(f"{name} artifact {key}: {shot}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -21,10 +21,10 @@ from pinas.stages.supernet import SupernetConfig  # noqa: E402
 
 torch.set_num_threads(1)
 
-#: the two longest modules, started first and on different workers (``--dist loadfile --no-loadscope-reorder`` hands
-#: out modules in collection order, one to each worker, then the rest to whichever is free), so both workers end
-#: together instead of one waiting for a long module that started last
-LONGEST_FIRST = ("test_faults.py", "test_paper_profile.py")
+#: the longest modules, longest first: the first two start at once on different workers (``--dist loadfile
+#: --no-loadscope-reorder`` hands out modules in collection order, one to each worker, then the rest to whichever is
+#: free), so both workers end together instead of one waiting for a long module that started last
+LONGEST_FIRST = ("test_deployment.py", "test_faults.py", "test_paper_profile.py")
 
 
 def pytest_collection_modifyitems(items):
