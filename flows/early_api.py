@@ -7,8 +7,8 @@ answers, all of it before the first task, and the largest part of a cached re-ru
 subprocess comes up on the other core while this process imports torch and the pipeline and checks the input;
 :func:`wait` joins the thread before the flow is called. Prefect keeps one such server per process
 (``SubprocessASGIServer()`` is a singleton) and stops it at exit, so the flow's client finds it running and nothing
-else changes. A failed start is left to the flow's own
-call, which raises the error :func:`flows.cli.with_prefect_api` explains.
+else changes. A failed start is left to the flow's own call, which raises the error
+:func:`flows.cli.with_prefect_api` explains.
 """
 from __future__ import annotations
 

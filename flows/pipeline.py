@@ -189,7 +189,7 @@ def pinas_pipeline(profile: Profile = "demo", run_root: str = "runs", imagenet: 
             run root and settings resume a stopped run.
         imagenet: ImageNet-format folder (train/ and val/ of class folders): data.imagenet.
         coco: COCO folder (annotations/, train2017/, val2017/): data.coco.
-        ade20k: ADE20K folder (ADEChallengeData2016 layout): data.ade20k.
+        ade20k: ADE20K folder (images/ and annotations/, each training/ and validation/): data.ade20k.
         cityscapes: Cityscapes folder (leftImg8bit/, gtFine/): data.cityscapes.
         devices: GPUs (processes) per node for every distributed stage; 0 keeps the profile's.
         stages: which of supernet, search, retrain, transfer, export run; none selected runs the profile's.
