@@ -27,9 +27,13 @@ ARTIFACT_PAGES = {"supernet-curves": 1100, "retrain-curves": 1100, "search-plots
 
 
 def screenshot(url: str, path: Path, height: int = 1100, width: int = 1400) -> Path:
-    """A PNG of ``url`` after its scripts have run (virtual time lets the single-page app fetch and render)."""
+    """A PNG of ``url`` after its scripts have run (virtual time lets the single-page app fetch and render).
+
+    Reduced motion: under virtual time the UI's fade-in transitions can stop part-way and leave the page dimmed.
+    """
     subprocess.run([shutil.which("chromium") or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
                     "--hide-scrollbars", f"--window-size={width},{height}", "--virtual-time-budget=20000",
+                    "--force-prefers-reduced-motion",
                     f"--screenshot={path}", url], check=True, capture_output=True, timeout=120)
     return path
 
