@@ -26,16 +26,30 @@ ARTIFACT_PAGES = {"supernet-curves": 1100, "retrain-curves": 1100, "search-plots
                   "supernet-progress": 700, "search-top-k": 1100, "study-correlations": 900}
 
 
-def screenshot(url: str, path: Path, height: int = 1100, width: int = 1400) -> Path:
+def screenshot(url: str, path: Path, height: int = 1100, width: int = 1400, tries: int = 3) -> Path:
     """A PNG of ``url`` after its scripts have run (virtual time lets the single-page app fetch and render).
 
-    Reduced motion: under virtual time the UI's fade-in transitions can stop part-way and leave the page dimmed.
+    Under virtual time the UI's fade-in transition can stop part-way and leave the page dimmed (more often on a busy
+    machine): reduced motion shortens it, and a dimmed picture is taken again.
     """
-    subprocess.run([shutil.which("chromium") or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                    "--hide-scrollbars", f"--window-size={width},{height}", "--virtual-time-budget=20000",
-                    "--force-prefers-reduced-motion",
-                    f"--screenshot={path}", url], check=True, capture_output=True, timeout=120)
+    for _ in range(tries):
+        subprocess.run([shutil.which("chromium") or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                        "--hide-scrollbars", f"--window-size={width},{height}", "--virtual-time-budget=20000",
+                        "--force-prefers-reduced-motion", f"--screenshot={path}", url],
+                       check=True, capture_output=True, timeout=120)
+        if not dimmed(path):
+            return path
+    print(f"warning: {path.name} is still dimmed after {tries} tries", file=sys.stderr)
     return path
+
+
+def dimmed(path: Path) -> bool:
+    """Whether the page right of the sidebar has no near-white pixel: its headings are drawn white when fully lit."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        main = image.convert("L").crop((image.width // 5, 0, image.width, image.height))
+        return main.getextrema()[1] < 200
 
 
 def main(argv: list[str] | None = None) -> int:
