@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pinas.data.transforms import FourViews, MocoV2Views
+from pinas.data.transforms import MocoV2Colour
 from pinas.models.backbone import PiNASBackbone
 from pinas.models.supernet_pi import SupernetPi
 from pinas.search.proxies import ContrastiveProxy
@@ -28,12 +28,17 @@ from pinas.space import get_space
 
 
 class RandomImages(Dataset):
-    def __init__(self, n: int, size: int, seed: int):
-        gen = torch.Generator().manual_seed(seed)
-        self.images = torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8)
+    """Random uint8 crops, ``views`` of them per image, as the loader hands them over."""
+
+    def __init__(self, n: int, size: int, seed: int, views: int = 1):
+        shape = (n, views, 3, size, size) if views > 1 else (n, 3, size, size)
+        self.images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
     def __len__(self):
         return len(self.images)
+
+    def batch_keys(self, step, indices):
+        return list(indices)
 
     def __getitem__(self, i):
         return self.images[i], 0
@@ -62,18 +67,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
-    print(f"load {os.getloadavg()[0]:.2f}, {args.threads} thread(s), {args.size} px, contrastive proxy with 2 "
+    print(f"load {os.getloadavg()[0]:.2f}, {args.threads} thread(s), {args.size} px, contrastive proxy with 3 "
           "reference paths, 2 recalibration batches of 4 images, 1 held-out batch of 2 (x 4 views)")
     for name in args.spaces:
         space = get_space(name)
         torch.manual_seed(0)
         model = SupernetPi(PiNASBackbone(space), 64, 16, 32, 0.2, 0.99).eval()
-        views = MocoV2Views(args.size)
-        recal = FixedBatches(RandomImages(8, args.size + 4, 1), [[0, 1, 2, 3], [4, 5, 6, 7]], views, cpu, 3,
+        colour = MocoV2Colour(args.size)
+        recal = FixedBatches(RandomImages(8, args.size, 1), [[0, 1, 2, 3], [4, 5, 6, 7]], colour, cpu, 3,
                              cache_bytes=1 << 30)
-        heldout = FixedBatches(RandomImages(2, args.size + 4, 2), [[0, 1]], FourViews(views), cpu, 4,
+        heldout = FixedBatches(RandomImages(2, args.size, 2, views=4), [[0, 1]], colour, cpu, 4,
                                cache_bytes=1 << 30)
-        proxies = {sharing: ContrastiveProxy(model, recal, heldout, 2, prefix_sharing=sharing)
+        proxies = {sharing: ContrastiveProxy(model, recal, heldout, 1, prefix_sharing=sharing)
                    for sharing in (False, True)}
         totals = {False: [0, 0, 0.0], True: [0, 0, 0.0]}
         scores: dict = {}

@@ -37,14 +37,16 @@ import torch
 from torch import nn
 
 from pinas.data.demo import DemoDataSpec, generate_imagenet
+from pinas.data.images import SearchHoldout
 from pinas.io.stage_dirs import SupernetDir
 from pinas.models.backbone import extract_subnet
 from pinas.search.evaluation import EvaluatorConfig, build_evaluator
 from pinas.search.proxies import Timings
-from pinas.stages.search import SearchConfig, run_search
+from pinas.stages.search import SearchConfig, run_search, search_images
 from pinas.stages.supernet import SupernetConfig, run_supernet
 
 log = logging.getLogger("bench")
+HOLDOUT = SearchHoldout(images=0.1)  # the demo profile's search holdout
 
 
 def bare_images_per_s(model, arch, batches: list[torch.Tensor], channels_last: bool, repeats: int = 3) -> float:
@@ -67,8 +69,8 @@ def bench_evaluator(model, data: Path, cfg: EvaluatorConfig, archs: list) -> dic
     probe = None
     if cfg.proxy == "linear_probe":  # throughput does not depend on the head's weights: an untrained head will do
         probe = (nn.Linear(model.student.backbone.feature_dim, 5), {"crop_min_scale": 0.08})
-    evaluator = build_evaluator(cfg.model_copy(update={"prefix_sharing": False}), model, data / "train",
-                                data / "val", probe)
+    evaluator = build_evaluator(cfg.model_copy(update={"prefix_sharing": False}), model,
+                                *search_images(HOLDOUT, data / "train"), probe)
     evaluator(archs[0])  # decodes and caches the fixed batches; not timed
     proxy = evaluator.proxy
     proxy.timings = t = Timings()
@@ -98,7 +100,8 @@ def demo_supernet(workdir: Path, data: Path, epochs: float) -> Path:
     out = workdir / f"supernet-{epochs:g}ep"
     if not (out / "manifest.json").is_file():
         cfg = SupernetConfig(space="demo", epochs=epochs, batch_size=16, queue_size=256, projector_hidden=128,
-                             base_lr=1.0, ema_momentum=0.99, num_workers=0, device="cpu", log_every=20)
+                             base_lr=1.0, ema_momentum=0.99, num_workers=0, device="cpu", log_every=20,
+                             holdout=HOLDOUT)
         log.info("training a demo supernet (%g epochs) into %s", epochs, out)
         run_supernet(cfg, data / "train", out)
     return out
@@ -127,14 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
     space = model.space
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(args.archs + 1)]
-    ecfg = EvaluatorConfig(batch_size=32, recal_batches=4, heldout_images=64, reference_paths=2, device=args.device)
+    ecfg = EvaluatorConfig(proxy="contrastive", batch_size=32, recal_batches=4, heldout_images=64,
+                           device=args.device)
     report: dict = {"threads": args.threads, "space": space.name, "supernet_dir": str(supernet_dir),
                     "evaluator_config": ecfg.model_dump(include={"batch_size", "recal_batches", "heldout_images",
-                                                                 "reference_paths"})}
+                                                                 "reference_squares"})}
 
     print(f"== evaluator vs bare forward (demo space, {args.threads} thread(s), batch {ecfg.batch_size}, "
           f"{ecfg.recal_batches} recal batches, {ecfg.heldout_images} held-out images, "
-          f"{ecfg.reference_paths} reference paths)")
+          f"{ecfg.reference_squares} Latin square(s) of reference paths)")
     for proxy in ("contrastive", "linear_probe"):
         r = bench_evaluator(model, data, ecfg.model_copy(update={"proxy": proxy}), archs)
         report[proxy] = r
@@ -146,15 +150,14 @@ def main(argv: list[str] | None = None) -> dict:
               "features")
 
     pop, gens = (6, 2) if args.quick else (12, 4)
-    scfg = SearchConfig(evaluator=ecfg, population=pop, generations=gens, parents=pop // 3, mutations=pop // 2,
-                        crossovers=pop // 2, top_k=5)
+    scfg = SearchConfig(evaluator=ecfg, holdout=HOLDOUT, population=pop, generations=gens, parents=pop // 3,
+                        mutations=pop // 2, crossovers=pop // 2, top_k=5)
     searches = {}
     for nproc in sorted({1, args.nproc}):
         out = args.workdir / f"search-{supernet_dir.name}-{pop}x{gens}-{nproc}proc"
         shutil.rmtree(out, ignore_errors=True)  # time a whole search, not a no-op resume
         t0 = time.perf_counter()
-        manifest = run_search(scfg.model_copy(update={"nproc": nproc}), supernet_dir, data / "train", data / "val",
-                              out)
+        manifest = run_search(scfg.model_copy(update={"nproc": nproc}), supernet_dir, data / "train", out)
         elapsed = time.perf_counter() - t0
         evaluated = manifest["metrics"]["evaluated"]
         # the generations' own scoring time (rank 0's clock), without process start-up, loading and plots
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.workdir / f"search-{supernet_dir.name}-{pop}x{gens}-1proc"
 
     result = json.loads((out / "result.json").read_text())
-    evaluator = build_evaluator(ecfg, model, data / "train", data / "val")
+    evaluator = build_evaluator(ecfg, model, *search_images(HOLDOUT, data / "train"))
     rng = np.random.default_rng(2024)  # independent of the search's own random generation 0
     random_scores = np.array([evaluator(space.sample(rng)).score for _ in range(args.random_archs)])
     best = result["best"]

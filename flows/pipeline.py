@@ -115,8 +115,8 @@ def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: st
     with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
         imagenet = upstream["imagenet"]
         probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
-        run_search(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"),
-                   stage_path(imagenet, "val"), folder, probe, progress, rendezvous=nodes)
+        run_search(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"), folder, probe, progress,
+                   rendezvous=nodes)
         record = finish_stage(stage, "Evolutionary search", folder, key)
         result = SearchDir(folder).result()
         publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
@@ -135,7 +135,8 @@ def retrain_task(stage: str, config: Any, upstream: dict[str, dict], run_root: s
         run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress, rendezvous=nodes)
         publish_training_curves(stage, f"Retraining {config.arch}", folder / RetrainDir.STEP_LOG)
         record = finish_stage(stage, "Retraining", folder, key)
-        publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"]), "retrain vs the paper")
+        publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"], config.space, config.arch),
+                      "retrain vs the paper")
         return record
 
 
@@ -148,7 +149,9 @@ def transfer_task(stage: str, config: Any, upstream: dict[str, dict], run_root: 
         run_transfer_stage(name, config, Path(upstream["retrain"]["dir"]), Path(upstream[name]["path"]), folder,
                            env=DEVICE_POOLS[run_root].env(ids, config.nproc))
         record = finish_stage(stage, f"Transfer: {name}", folder, key)
-        publish_table(f"{stage}-vs-paper", compare_rows(name, record["metrics"]), f"{name} vs the paper")
+        retrained = RetrainDir(upstream["retrain"]["dir"]).model_config()
+        publish_table(f"{stage}-vs-paper", compare_rows(name, record["metrics"], retrained["space"],
+                                                        retrained["arch"]), f"{name} vs the paper")
         return record
 
 
@@ -281,7 +284,7 @@ def join_as_follower(config: PipelineConfig, root: str, poll_s: float = 1.0,
                 config.linear_probe, Path(records["supernet"]["dir"]), train, f, val, rendezvous=nodes))
             sup["probe"] = probe
         join("search", config.search, sup, lambda f: run_search(
-            config.search, Path(records["supernet"]["dir"]), train, val, f, Path(probe["dir"]) if probe else None,
+            config.search, Path(records["supernet"]["dir"]), train, f, Path(probe["dir"]) if probe else None,
             rendezvous=nodes))
     if "retrain" in config.stages:
         cfg = retrain_config(config, records.get("search"))

@@ -59,8 +59,7 @@ def study_task(stage: str, config: StudyScoreConfig, upstream: dict[str, dict], 
                     for arch in config.archs}
         probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
         imagenet = upstream["imagenet"]
-        run_study(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"),
-                  stage_path(imagenet, "val"), retrains, folder, probe)
+        run_study(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"), retrains, folder, probe)
         record = finish_stage(stage, f"Ranking study: {config.objective} supernet", folder, key)
         publish_table(f"{stage}-architectures", [
             {"arch": r["arch"], "MMACs": round(r["macs"] / 1e6, 2), "top1_per_seed": [round(t, 2) for t in r["top1"]],
@@ -129,8 +128,8 @@ def pinas_study(profile: Profile = "demo", run_root: str = "runs", supernets: li
         for objective, supernet in trained.items():
             score_cfg = StudyScoreConfig(objective=objective, archs=picked, seeds=study.seeds,
                                          proxies=applicable_proxies(study.proxies, objective),
-                                         evaluator=config.search.evaluator, bootstrap=study.bootstrap,
-                                         seed=study.seed)
+                                         evaluator=config.search.evaluator, holdout=config.search.holdout,
+                                         bootstrap=study.bootstrap, seed=study.seed)
             upstream = {**imagenet, "supernet": supernet, **retrains}
             if objective in probes:
                 upstream["probe"] = probes[objective]

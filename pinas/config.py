@@ -30,6 +30,7 @@ StageName = Literal["supernet", "search", "retrain", "transfer", "export"]
 ALL_STAGES: tuple[str, ...] = ("supernet", "search", "retrain", "transfer", "export")
 SEARCHED = "searched"
 DISTRIBUTED_STAGES = ("supernet", "linear_probe", "search", "retrain")  # their nproc / nodes follow the devices
+HOLDOUT_STAGES = ("supernet", "linear_probe", "search")  # they read data.search_holdout
 
 
 class ConfigError(ValueError):
@@ -61,19 +62,20 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _stages_use_the_devices(cls, data: Any) -> Any:
-        """A distributed stage without its own ``nproc`` / ``nodes`` takes the pipeline's ``devices`` / node count."""
+    def _stages_share_devices_and_holdout(cls, data: Any) -> Any:
+        """A distributed stage without its own ``nproc`` / ``nodes`` takes the pipeline's ``devices`` / node count;
+        the stages that read ImageNet ``train/`` take ``data.search_holdout``."""
         if not isinstance(data, dict):
             return data
         devices = data.get("devices", 1)
         nodes = data.get("nodes") or {}
         count = nodes.get("count", 1) if isinstance(nodes, dict) else getattr(nodes, "count", 1)
+        holdout = _as_dict(_as_dict(data.get("data")).get("search_holdout"))
         data = dict(data)
         for section in DISTRIBUTED_STAGES:
-            given = data.get(section) or {}
-            if isinstance(given, BaseModel):
-                given = given.model_dump(exclude_unset=True)
-            data[section] = {"nproc": devices, "nodes": count, **given}
+            given = _as_dict(data.get(section))
+            data[section] = {"nproc": devices, "nodes": count,
+                             **({"holdout": holdout} if section in HOLDOUT_STAGES else {}), **given}
         return data
 
     @field_validator("arch", mode="before")
@@ -86,6 +88,10 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineConfig:
+        for section in HOLDOUT_STAGES:
+            if getattr(self, section).holdout != self.data.search_holdout:
+                raise ValueError(f"{section}.holdout differs from data.search_holdout: the search would score images "
+                                 "a stage trained on; set data.search_holdout only")
         stages = set(self.stages)
         needs = {"search": {"supernet"}, "transfer": {"retrain"}, "export": {"retrain"}}
         if self.arch == SEARCHED:
@@ -111,6 +117,12 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"retrain.space {self.retrain.space!r} differs from supernet.space "
                              f"{self.supernet.space!r}: the searched architecture would not fit")
         return self
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_unset=True)
+    return dict(value or {})
 
 
 def needed_datasets(config: PipelineConfig) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pinas import __version__
 from pinas.config import SEARCHED, PipelineConfig
-from pinas.data.images import DataError, scan_image_folder
+from pinas.data.images import DataError, ImageList, scan_image_folder
 from pinas.io.artifacts import atomic_write_json
 from pinas.search.constraints import Constraints, LatencyTable, cost_model
 from pinas.space import get_space
@@ -56,8 +56,8 @@ def check_run(config: PipelineConfig, datasets: dict[str, dict], run_root: Path)
             problems.append(f"retrain: {exc}")
     if "transfer" in stages:
         problems += _transfer_problems(config, datasets, Path(run_root))
-    if problems:
-        raise PreflightError("the run cannot start:\n" + "\n".join(f"  {p}" for p in problems))
+    if problems:  # the holdout is checked for the supernet and the search alike: each problem once
+        raise PreflightError("the run cannot start:\n" + "\n".join(f"  {p}" for p in dict.fromkeys(problems)))
 
 
 def check_study(config: PipelineConfig, imagenet: Path) -> None:
@@ -74,25 +74,34 @@ def check_study(config: PipelineConfig, imagenet: Path) -> None:
 
 def _supernet_problems(config: PipelineConfig, objective: str, imagenet: Path, train: list,
                        classes: list[str]) -> list[str]:
-    problems, batch = [], config.supernet.batch_size * config.supernet.nproc
-    if len(train) < batch:
-        problems.append(f"supernet.batch_size: {imagenet / 'train'} has {len(train)} images, fewer than one "
-                        f"global batch ({config.supernet.batch_size} x nproc {config.supernet.nproc})")
+    problems = _holdout_problems(config, imagenet)
+    kept = len(train) - config.data.search_holdout.count(len(train))
+    if not problems and kept < config.supernet.batch_size:
+        problems.append(f"supernet.batch_size: {imagenet / 'train'} has {kept} images besides the search "
+                        f"holdout, fewer than one global batch ({config.supernet.batch_size})")
     if objective == "spos" and len(classes) < 2:
         problems.append(f"supernet.objective spos trains a classifier: {imagenet / 'train'} has the classes "
                         f"{classes}, it needs at least 2")
     return problems
 
 
+def _holdout_problems(config: PipelineConfig, imagenet: Path) -> list[str]:
+    try:
+        config.data.search_holdout.split(ImageList.scan(imagenet / "train"))
+    except DataError as exc:
+        return [f"data.search_holdout: {exc}"]
+    return []
+
+
 def _search_problems(config: PipelineConfig, imagenet: Path, train: list, classes: list[str]) -> list[str]:
-    search, problems = config.search, []
+    search, problems = config.search, _holdout_problems(config, imagenet)
     if search.evaluator.proxy == "linear_probe":
         if len(classes) < 2:
             problems.append(f"search.evaluator.proxy: linear_probe needs labelled images of at least 2 classes, "
                             f"{imagenet / 'train'} has {classes}")
-        elif len(train) < config.linear_probe.batch_size:
-            problems.append(f"linear_probe.batch_size: {len(train)} training images are fewer than one batch of "
-                            f"{config.linear_probe.batch_size}")
+        elif len(train) - config.data.search_holdout.count(len(train)) < config.linear_probe.batch_size:
+            problems.append(f"linear_probe.batch_size: the training images besides the search holdout are fewer "
+                            f"than one global batch of {config.linear_probe.batch_size}")
     space = get_space(config.supernet.space)
     latency = None
     if search.latency_table:

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from pinas.data import demo  # noqa: E402
+from pinas.data.images import SearchHoldout  # noqa: E402
 from pinas.search.evaluation import EvaluatorConfig  # noqa: E402
 from pinas.stages.supernet import SupernetConfig  # noqa: E402
 
@@ -31,10 +32,13 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
                else len(LONGEST_FIRST))  # stable: the others keep their order
 
-#: the few-step demo supernet of the evaluator and search tests, and the evaluator they score with
+#: the search holdout of the tests: a tenth of the generated train/ (the demo profile's)
+HOLDOUT = SearchHoldout(images=0.1)
+#: the few-step demo supernet of the evaluator and search tests, and the contrastive evaluator they score with
 SUPERNET_CFG = SupernetConfig(space="demo", epochs=0.5, batch_size=16, queue_size=256, projector_hidden=128,
-                              base_lr=1.0, ema_momentum=0.99, num_workers=0, device="cpu", log_every=5)
-TINY_EVAL = EvaluatorConfig(batch_size=8, recal_batches=1, heldout_images=8, reference_paths=1, device="cpu")
+                              base_lr=1.0, ema_momentum=0.99, num_workers=0, device="cpu", log_every=5,
+                              holdout=HOLDOUT)
+TINY_EVAL = EvaluatorConfig(proxy="contrastive", batch_size=8, recal_batches=1, heldout_images=8, device="cpu")
 
 GENERATORS = {"imagenet": demo.generate_imagenet, "coco": demo.generate_coco, "ade20k": demo.generate_ade20k,
               "cityscapes": demo.generate_cityscapes}

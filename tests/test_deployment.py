@@ -52,6 +52,6 @@ def test_readme_deployment_commands_work_as_written_on_a_fresh_server(tmp_path):
 
     summary = json.loads((checkout / "runs" / "last_run.json").read_text())
     assert summary["profile"] == "demo" and not summary["failed"]
-    assert set(summary["stages"]) == {"supernet", "search", "retrain", "transfer-coco", "transfer-ade20k",
-                                      "transfer-cityscapes", "export"}
+    assert set(summary["stages"]) == {"supernet", "linear-probe", "search", "retrain", "transfer-coco",
+                                      "transfer-ade20k", "transfer-cityscapes", "export"}
     assert (checkout / summary["stages"]["export"]["published"] / "model.onnx").is_file()  # relative to the checkout

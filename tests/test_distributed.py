@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_EVAL
+from conftest import HOLDOUT, TINY_EVAL
 
 from pinas.engine.launch import Nodes
 from pinas.engine.placement import DevicePool, share
@@ -32,9 +32,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_a_search_on_two_processes_equals_the_one_process_search(trained_supernet, eval_imagenet, tmp_path):
-    cfg = SearchConfig(evaluator=TINY_EVAL, population=6, generations=2, parents=2, mutations=3, crossovers=3,
-                       top_k=3)
-    data = (eval_imagenet / "train", eval_imagenet / "val")
+    cfg = SearchConfig(holdout=HOLDOUT, evaluator=TINY_EVAL, population=6, generations=2, parents=2, mutations=3,
+                       crossovers=3, top_k=3)
+    data = (eval_imagenet / "train",)
     one = run_search(cfg, trained_supernet, *data, tmp_path / "one")
     two = run_search(cfg.model_copy(update={"nproc": 2}), trained_supernet, *data, tmp_path / "two")
     a, b = SearchDir(tmp_path / "one"), SearchDir(tmp_path / "two")
@@ -76,8 +76,8 @@ def test_the_distributed_probe_draws_one_path_for_all_ranks(random_supernet, dem
 
     from pinas.stages.linear_probe import LinearProbeConfig
 
-    cfg = LinearProbeConfig(epochs=1, batch_size=8, lr=0.1, num_workers=0, device="cpu", log_every=2,
-                            checkpoint_every=100, val_archs=0)
+    cfg = LinearProbeConfig(epochs=1, batch_size=16, base_lr=0.1, base_batch=16, num_workers=0, device="cpu",
+                            log_every=2, checkpoint_every=100, val_archs=0, holdout=HOLDOUT)
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
     (tmp_path / "worker.py").write_text(WORKER)
     out = tmp_path / "probe"
@@ -85,16 +85,53 @@ def test_the_distributed_probe_draws_one_path_for_all_ranks(random_supernet, dem
                     str(tmp_path / "worker.py"), str(tmp_path / "cfg.json"), str(random_supernet),
                     str(demo_imagenet / "train"), str(out)], check=True, capture_output=True, timeout=600)
     p0, p1 = (json.loads((out / f"paths-{r}.json").read_text()) for r in (0, 1))
-    assert p0 == p1 and len(p0) == 12 and len({tuple(p) for p in p0}) > 1  # 200 images / 16 a step, varied paths
+    # 180 images (200 less the search holdout) / a global batch of 16 = 11 steps, varied paths
+    assert p0 == p1 and len(p0) == 11 and len({tuple(p) for p in p0}) > 1
     h0, h1 = (torch.load(out / f"head-{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(h0[k], h1[k]) for k in h0)  # DDP kept the ranks' heads identical
     assert torch.equal(load_tensors(out / "probe.pt")["weight"], h0["weight"])  # rank 0 wrote it
 
 
+SHUFFLE_WORKER = """
+import json, sys, numpy as np, torch
+from pathlib import Path
+from pinas.engine.distributed import init_distributed
+from pinas.models.backbone import PiNASBackbone
+from pinas.models.supernet_pi import SupernetPi
+from pinas.space import DEMO
+info = init_distributed("cpu")
+torch.manual_seed(0)
+model = SupernetPi(PiNASBackbone(DEMO), 32, 16, 32, 0.2, 0.99).double().eval()
+for m in model.teacher.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+        torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+arch = DEMO.sample(np.random.default_rng(0))
+x = torch.randn(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(info.rank))
+torch.manual_seed(info.rank + 10)  # the ranks' own RNG streams differ; the permutation is rank 0's
+with torch.no_grad():
+    keys = model.keys(x, arch, info)
+    own = torch.cat([model.teacher(x[i:i + 1], arch) for i in range(4)])
+Path(sys.argv[1], f"rank-{info.rank}.json").write_text(json.dumps({"max_diff": float((keys - own).abs().max())}))
+"""
+
+
+@pytest.mark.slow
+def test_shuffle_bn_across_ranks_returns_every_key_to_its_own_image(tmp_path):
+    """Under 2-process gloo the teacher embeds a permutation of the gathered batch and each rank gets back exactly
+    its own images' keys (with BN frozen, a key is its image's embedding alone)."""
+    import subprocess
+
+    (tmp_path / "worker.py").write_text(SHUFFLE_WORKER)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(tmp_path / "worker.py"), str(tmp_path)], check=True, capture_output=True, timeout=600)
+    diffs = [json.loads((tmp_path / f"rank-{r}.json").read_text())["max_diff"] for r in (0, 1)]
+    assert all(d < 1e-12 for d in diffs), diffs
+
+
 def _tiny_supernet(**kw) -> SupernetConfig:
-    return SupernetConfig(space="demo", epochs=0.2, batch_size=4, queue_size=32, projector_hidden=32,
+    return SupernetConfig(space="demo", epochs=0.2, batch_size=16, queue_size=32, projector_hidden=32,
                           feature_dim=16, base_batch=16, num_workers=0, device="cpu", checkpoint_every=100,
-                          log_every=1, **kw)
+                          log_every=1, holdout=HOLDOUT, **kw)
 
 
 @pytest.mark.slow

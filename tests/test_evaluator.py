@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_EVAL
+from conftest import HOLDOUT, TINY_EVAL
 from scipy import stats
 
-from pinas.data.images import ImageFolderDataset
-from pinas.data.transforms import CenterCrop, FourViews, MocoV2Views
+from pinas.data.images import ImageFolderDataset, TrainCrops
+from pinas.data.transforms import CenterCrop, moco_v2_views
 from pinas.io.artifacts import ArtifactError, load_tensors
 from pinas.io.stage_dirs import ProbeDir, SupernetDir
 from pinas.models.backbone import PiNASBackbone
@@ -23,6 +23,7 @@ from pinas.search.evaluation import EvaluatorConfig, build_evaluator
 from pinas.search.recalibration import FixedBatches, path_batchnorms, precise_bn
 from pinas.space import DEMO
 from pinas.stages.linear_probe import LinearProbeConfig, run_linear_probe, train_probe
+from pinas.stages.search import search_images
 
 
 @pytest.fixture(scope="session")
@@ -82,14 +83,14 @@ def test_contrastive_proxy_is_deterministic_cached_and_leaves_the_supernet_uncha
     before = _snapshot(model)
     rng = np.random.default_rng(0)
     a, b = DEMO.sample(rng), DEMO.sample(rng)
-    evaluator = build_evaluator(TINY_EVAL, model, demo_imagenet / "train", demo_imagenet / "val")
+    evaluator = build_evaluator(TINY_EVAL, model, *search_images(HOLDOUT, demo_imagenet / "train"))
     first = evaluator(a)
     assert evaluator(DEMO.format(a)) is first and evaluator.hits == 1  # cache hit, any spelling of the arch
     score_b = evaluator(b)
     assert first.proxy == "contrastive" and first.score == -first.loss and np.isfinite(first.loss)
     assert score_b.score != first.score, "different paths of a trained supernet should score differently"
     # a fresh evaluator (no cache), evaluating in another order, gives bit-identical scores
-    fresh = build_evaluator(TINY_EVAL, model, demo_imagenet / "train", demo_imagenet / "val")
+    fresh = build_evaluator(TINY_EVAL, model, *search_images(HOLDOUT, demo_imagenet / "train"))
     assert fresh(b) == score_b and fresh(a) == first
     after = _snapshot(model)
     assert all(torch.equal(after[k], before[k]) for k in before)
@@ -105,20 +106,22 @@ def test_bn_gamma_proxy_sums_last_bn_gammas(trained_supernet):
 
 
 def test_fixed_batches_are_identical_with_and_without_the_memory_cache(demo_imagenet):
-    dataset = ImageFolderDataset(demo_imagenet / "val", 73)
+    views = moco_v2_views(64)
+    crops = TrainCrops(demo_imagenet / "val", views.crops, seed=5)
     idx = [[0, 1, 2, 3], [40, 41, 42, 43]]
     cpu = torch.device("cpu")
-    cached = FixedBatches(dataset, idx, FourViews(MocoV2Views(64)), cpu, seed=5, cache_bytes=1 << 30)
-    uncached = FixedBatches(dataset, idx, FourViews(MocoV2Views(64)), cpu, seed=5, cache_bytes=0)
+    cached = FixedBatches(crops, idx, views.device, cpu, seed=5, cache_bytes=1 << 30)
+    uncached = FixedBatches(crops, idx, views.device, cpu, seed=5, cache_bytes=0)
     for _ in range(2):
         for (x1, y1), (x2, y2) in zip(cached, uncached):
             assert torch.equal(x1, x2) and torch.equal(y1, y2) and x1.shape == (16, 3, 64, 64)
-    center = list(FixedBatches(dataset, idx, CenterCrop(64), cpu))
+    center = list(FixedBatches(ImageFolderDataset(demo_imagenet / "val", 73), idx, CenterCrop(64), cpu))
     assert center[0][0].shape == (4, 3, 64, 64)
 
 
-PROBE_CFG = LinearProbeConfig(epochs=5, batch_size=32, lr=0.1, crop_min_scale=0.5, num_workers=0, device="cpu",
-                              log_every=20, checkpoint_every=50, val_archs=1, val_recal_batches=8)
+PROBE_CFG = LinearProbeConfig(epochs=5, batch_size=32, base_lr=0.1, base_batch=32, crop_min_scale=0.5, num_workers=0,
+                              device="cpu", log_every=20, checkpoint_every=50, val_archs=1, val_recal_batches=8,
+                              holdout=HOLDOUT)
 
 
 def test_linear_probe_beats_chance_on_the_demo_data(random_supernet, demo_imagenet, tmp_path):
@@ -134,7 +137,7 @@ def test_linear_probe_beats_chance_on_the_demo_data(random_supernet, demo_imagen
     # the probe proxy of the search scores with this head: top-1 on val after recalibration, deterministic
     model = SupernetDir(random_supernet).load()
     cfg = EvaluatorConfig(proxy="linear_probe", batch_size=32, recal_batches=2, device="cpu")
-    evaluator = build_evaluator(cfg, model, demo_imagenet / "train", demo_imagenet / "val",
+    evaluator = build_evaluator(cfg, model, *search_images(HOLDOUT, demo_imagenet / "train"),
                                 ProbeDir(tmp_path / "probe").load())
     result = evaluator(DEMO.default_arch())
     assert result.score == result.acc and 0 <= result.acc <= 100 and result.loss > 0
@@ -161,3 +164,75 @@ def test_stage_inputs_are_validated_before_any_work(random_supernet, demo_imagen
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="extra"):
         LinearProbeConfig(unknown_key=1)
+
+
+# ------------------------------------------------------------------------------ contrastive proxy: no bias
+def _planted_embeddings(space, planted: np.ndarray, unit: float, queue_size: int):
+    """An exact model of per-layer quality: the embedding of a path is a fixed direction plus, for every layer, a
+    direction of its own for the chosen block, of squared length ``unit * planted[layer, choice]`` (the block's
+    badness). Two paths that differ at every layer (a candidate and its references) share only the fixed direction,
+    so their cosine is 1 / sqrt((1 + S_a) (1 + S_r)), S the summed badness: noisier paths agree less. The queue is
+    orthogonal to every embedding, so each negative contributes exp(0)."""
+    layers, choices = planted.shape
+    eye = torch.eye(1 + layers * choices + queue_size, dtype=torch.float64)
+
+    def embed(path):
+        e = eye[0] + sum(np.sqrt(unit * planted[i, c]) * eye[1 + i * choices + c] for i, c in enumerate(path))
+        return torch.nn.functional.normalize(e, dim=0)[None].repeat(2, 1)  # two identical images
+
+    return embed, eye[:, 1 + layers * choices:]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_contrastive_references_keep_the_planted_order_of_every_layer(seed):
+    """With planted per-layer qualities, varying one layer of a base architecture at a time, the proxy's order of
+    the four choices at every layer is the planted order. References that are fixed rotations of the candidate
+    (two offsets drawn once) credit a choice with the quality of its rotated twins and get most layers wrong."""
+    from pinas.search.proxies import ReferencePaths, cross_path_losses
+    from pinas.space import RESNEST50
+
+    rng = np.random.default_rng(seed)
+    planted = np.stack([rng.permutation(RESNEST50.num_choices) for _ in range(RESNEST50.num_layers)])
+    embed, queue = _planted_embeddings(RESNEST50, planted, unit=0.02, queue_size=16)
+    references = ReferencePaths(RESNEST50, squares=1, seed=seed)
+    base = RESNEST50.sample(rng)
+    variants = {(layer, c): base[:layer] + (c,) + base[layer + 1:]
+                for layer in range(RESNEST50.num_layers) for c in range(RESNEST50.num_choices)}
+    refs = {a: references(a) for a in variants.values()}
+    paths = set(refs) | {r for rs in refs.values() for r in rs}
+    q = {(p, v): embed(p) for p in paths for v in (0, 2)}
+    k = {(p, v): embed(p) for p in paths for v in (1, 3)}
+    loss = dict(zip(refs, cross_path_losses(refs, q, k, queue, 0.2)))
+    for layer in range(RESNEST50.num_layers):
+        by_proxy = sorted(range(RESNEST50.num_choices), key=lambda c: loss[variants[layer, c]])
+        assert by_proxy == list(np.argsort(planted[layer])), f"layer {layer + 1}"
+    # every reference differs from its candidate at every layer, and a square covers each other choice once
+    for arch, rs in refs.items():
+        for layer in range(RESNEST50.num_layers):
+            assert sorted(r[layer] for r in rs) == sorted(set(range(4)) - {arch[layer]})
+
+
+def test_contrastive_loss_pairs_each_query_with_the_other_paths_key():
+    """cross_path_losses against the pairing written out: q(candidate, view 1) with k(reference, view 4) and
+    q(reference, view 3) with k(candidate, view 2), negatives from the queue, averaged over the references."""
+    from pinas.search.proxies import cross_path_losses
+
+    g = torch.Generator().manual_seed(0)
+
+    def unit(*shape, dim=1):
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=dim)
+
+    arch, refs = (0, 1), [(1, 2), (2, 3)]
+    q = {(p, v): unit(6, 8) for p in [arch, *refs] for v in range(4)}
+    k = {(p, v): unit(6, 8) for p in [arch, *refs] for v in range(4)}
+    queue = unit(8, 10, dim=0)
+
+    def nce(qs, ks):  # -log softmax of the positive among [positive, queue], mean over images
+        logits = torch.cat([(qs * ks).sum(1, keepdim=True), qs @ queue], 1) / 0.2
+        return float(-torch.log_softmax(logits, 1)[:, 0].mean())
+
+    expected = np.mean([nce(q[arch, 0], k[r, 3]) + nce(q[r, 2], k[arch, 1]) for r in refs])
+    (got,) = cross_path_losses({arch: refs}, q, k, queue, 0.2)
+    assert got == pytest.approx(expected, rel=1e-5)
+    same_path = np.mean([nce(q[arch, 0], k[arch, 1]) + nce(q[r, 2], k[r, 3]) for r in refs])
+    assert got != pytest.approx(same_path, rel=1e-3)

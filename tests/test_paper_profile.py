@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from flows.cli import main as cli_main
+from pinas.config import load_config
 from pinas.io.artifacts import verify_manifest
 from pinas.io.stage_dirs import RetrainDir
 
@@ -34,12 +35,14 @@ def _segmentation(batch: int) -> dict:
 
 def paper_overrides(data: dict[str, Path]) -> dict:
     return {
-        "data": {"source": "folders", **{k: str(v) for k, v in data.items()}},
+        "data": {"source": "folders", **{k: str(v) for k, v in data.items()}, "search_holdout": {"images": 0.2}},
         "devices": 1,
-        "supernet": {"epochs": 0.4, "batch_size": 2, "num_workers": 0, "device": "cpu", "log_every": 1},
+        "supernet": {"epochs": 0.5, "batch_size": 2, "num_workers": 0, "device": "cpu", "log_every": 1,
+                     "shuffle_bn_splits": 1},
+        "linear_probe": {"epochs": 0.5, "batch_size": 2, "num_workers": 0, "device": "cpu", "log_every": 1,
+                         "val_archs": 1, "val_recal_batches": 1},
         "search": {"population": 2, "generations": 1, "parents": 1, "mutations": 0, "crossovers": 0, "top_k": 2,
-                   "evaluator": {"batch_size": 2, "recal_batches": 1, "heldout_images": 2, "reference_paths": 1,
-                                 "device": "cpu"}},
+                   "evaluator": {"batch_size": 2, "recal_batches": 1, "heldout_images": 2, "device": "cpu"}},
         "retrain": {"epochs": 1, "batch_size": 2, "num_workers": 0, "device": "cpu"},
         "transfer": {"tasks": {
             "coco": {"length": 1, "cfg_options": {  # 1 of the 12 epochs (epoch-based), short sides 80 px
@@ -67,8 +70,8 @@ def test_paper_profile_through_every_stage(demo_data, tmp_path, monkeypatch, cap
     summary = json.loads((tmp_path / "runs" / "last_run.json").read_text())
     assert summary["profile"] == "paper" and not summary["failed"]
     stages = summary["stages"]
-    assert sorted(stages) == sorted(["supernet", "search", "retrain", "transfer-coco", "transfer-ade20k",
-                                     "transfer-cityscapes", "export"])
+    assert sorted(stages) == sorted(["supernet", "linear-probe", "search", "retrain", "transfer-coco",
+                                     "transfer-ade20k", "transfer-cityscapes", "export"])
     for record in stages.values():
         verify_manifest(record["dir"])
     searched = stages["search"]["metrics"]["best_arch"]
@@ -87,3 +90,33 @@ def test_paper_profile_through_every_stage(demo_data, tmp_path, monkeypatch, cap
         "coco", "ade20k", "cityscapes"}
     print(f"paper profile: {summary['total_seconds']:.0f} s; " + ", ".join(
         f"{k} {v:.0f} s" for k, v in summary["seconds"].items()))
+
+
+@pytest.mark.parametrize("devices", [8, 1])
+def test_the_paper_profile_trains_with_the_recipes_global_batches(devices):
+    """Every batch_size is global, so the paper profile trains with the recipes' batches and lrs on 8 GPUs and on
+    one: supernet 192 at lr 0.03 (24 per GPU x 8), linear probe 256 at lr 30 (32 x 8), retrain 2048 at lr 0.8
+    (the ResNeSt recipe); each candidate of the search is recalibrated on batches of 128 in one process."""
+    config = load_config(profile="paper", overrides={"devices": devices})
+    recipes = {"supernet": (192, 0.03), "linear_probe": (256, 30.0), "retrain": (2048, 0.8)}
+    for section, (batch, lr) in recipes.items():
+        stage = getattr(config, section)
+        assert (stage.nproc, stage.batch_size, stage.lr) == (devices, batch, pytest.approx(lr)), section
+        assert stage.process_batch(stage.world_size) * devices == batch, section
+    assert (config.search.evaluator.batch_size, config.search.evaluator.recal_batches) == (128, 49)
+    assert config.search.evaluator.proxy == "linear_probe"  # the released search's proxy
+
+
+def test_the_paper_comparison_names_the_architecture_it_compares_with():
+    from pinas.paper import compare_rows
+
+    exact = compare_rows("retrain", {"top1": 80.9}, "resnest50", "pinas-cls")
+    assert [(r["metric"], r["ours"], r["paper"], r["same_arch"]) for r in exact] == [
+        ("top1", 80.9, 81.6, True), ("top5", None, 95.7, True)]
+    searched = compare_rows("retrain", {"top1": 80.9}, "resnest50", "111-1111-111111-110")
+    assert searched[0]["paper"] == 81.6 and not searched[0]["same_arch"] and "pinas-cls" in searched[0]["paper_arch"]
+    # Pi-NAS-cls has no transfer numbers: its COCO run is compared with Pi-NAS-trans, and says so
+    coco = compare_rows("coco", {"coco/bbox_mAP": 0.43}, "resnest50", "301-3231-203213-032")
+    assert {r["paper_arch"].split()[0] for r in coco} == {"pinas-trans"} and not any(r["same_arch"] for r in coco)
+    baseline = compare_rows("ade20k", {"mIoU": 45.0}, "resnest50", "resnest50")
+    assert baseline[0]["paper"] == 45.12 and baseline[0]["same_arch"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from pinas.data.transforms import FourViews, MocoV2Views
+from pinas.data.transforms import MocoV2Colour
 from pinas.models.backbone import PiNASBackbone
 from pinas.models.supernet_pi import SupernetPi
 from pinas.search.path_features import BlockCounter, features_by_prefix, features_per_path
@@ -16,12 +16,17 @@ from pinas.space import DEMO, RESNEST50
 
 
 class RandomImages(Dataset):
-    def __init__(self, n: int, size: int, seed: int):
-        self.images = torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed),
-                                    dtype=torch.uint8)
+    """Random uint8 crops, ``views`` of them per image, as the loader hands them over."""
+
+    def __init__(self, n: int, size: int, seed: int, views: int = 1):
+        shape = (n, views, 3, size, size) if views > 1 else (n, 3, size, size)
+        self.images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
     def __len__(self):
         return len(self.images)
+
+    def batch_keys(self, step, indices):
+        return list(indices)
 
     def __getitem__(self, i):
         return self.images[i], 0
@@ -51,9 +56,9 @@ def _supernet(space, seed):
 def test_prefix_tree_features_and_scores_equal_the_per_path_ones(space):
     model = _supernet(space, 0)
     size, cpu = 32, torch.device("cpu")  # small images: the tree's arithmetic does not depend on their size
-    views = MocoV2Views(size)
-    recal = FixedBatches(RandomImages(6, size + 4, 1), [[0, 1, 2], [3, 4, 5]], views, cpu, seed=3)
-    heldout = FixedBatches(RandomImages(2, size + 4, 2), [[0, 1]], FourViews(views), cpu, seed=4)
+    colour = MocoV2Colour(size)
+    recal = FixedBatches(RandomImages(6, size, 1), [[0, 1, 2], [3, 4, 5]], colour, cpu, seed=3)
+    heldout = FixedBatches(RandomImages(2, size, 2, views=4), [[0, 1]], colour, cpu, seed=4)
     archs = spos_generation(space, np.random.default_rng(5), children=6)
     requests = [(a, v) for a in archs for v in (0, 2)]
     per, shared = BlockCounter(), BlockCounter()

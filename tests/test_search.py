@@ -11,16 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_EVAL
+from conftest import HOLDOUT, TINY_EVAL
 from scipy import stats
 
+from pinas.data.images import ImageList
 from pinas.io.stage_dirs import SearchDir, SupernetDir
 from pinas.search.constraints import cost_model, pareto_front
 from pinas.search.evaluation import EvaluatorConfig, build_evaluator
-from pinas.search.evolution import InfeasibleError
 from pinas.search.ranking import bootstrap_ci, compare, kendall_tau, load_scores, main, spearman_rho
+from pinas.search.evolution import InfeasibleError
 from pinas.space import DEMO
-from pinas.stages.search import SearchConfig, run_search
+from pinas.stages.search import SearchConfig, run_search, search_images
 
 CANDIDATES, RESULT, STATE = SearchDir.CANDIDATES, SearchDir.RESULT, SearchDir.STATE
 
@@ -36,10 +37,15 @@ def supernet(trained_supernet) -> Path:
 
 
 SMALL = dict(population=8, generations=3, parents=3, mutations=4, crossovers=4, top_k=3)
+GAMMA = EvaluatorConfig(proxy="bn_gamma")
+
+
+def search_config(**settings) -> SearchConfig:
+    return SearchConfig(holdout=HOLDOUT, **settings)
 
 
 def _run(cfg, supernet, data, out, **kwargs):
-    return run_search(cfg, supernet, data / "train", data / "val", out, **kwargs)
+    return run_search(cfg, supernet, data / "train", out, **kwargs)
 
 
 def _read(out: Path) -> tuple[dict, list[dict]]:
@@ -106,7 +112,7 @@ def test_constraints_hold_for_every_evaluated_candidate_and_the_result(supernet,
     table = {"fixed_ms": 1.0, "layers": rng.uniform(0.1, 1.0, (DEMO.num_layers, DEMO.num_choices)).tolist()}
     (tmp_path / "latency.json").write_text(json.dumps(table))
     max_latency = 1.0 + float(np.mean(table["layers"])) * DEMO.num_layers
-    cfg = SearchConfig(evaluator=EvaluatorConfig(proxy="bn_gamma"), max_macs_m=max_macs, min_params_m=min_params,
+    cfg = search_config(evaluator=GAMMA, max_macs_m=max_macs, min_params_m=min_params,
                        latency_table=str(tmp_path / "latency.json"), max_latency_ms=max_latency, prefilter_factor=2,
                        **SMALL)
     manifest = _run(cfg, supernet, data, tmp_path / "out")
@@ -125,21 +131,21 @@ def test_constraints_hold_for_every_evaluated_candidate_and_the_result(supernet,
 
 def test_unsatisfiable_constraints_fail_clearly(supernet, data, tmp_path):
     with pytest.raises(ValueError, match="max_macs_m"):
-        _run(SearchConfig(evaluator=EvaluatorConfig(proxy="bn_gamma"), max_macs_m=1.0, **SMALL), supernet,
+        _run(search_config(evaluator=GAMMA, max_macs_m=1.0, **SMALL), supernet,
              data, tmp_path / "a")
     with pytest.raises(ValueError, match="min_params_m = 5.0 is above max_params_m = 1.0"):
         SearchConfig(min_params_m=5, max_params_m=1)
     # reachable one at a time but not together (the latency hook has no table to check ahead): sampling gives up
-    cfg = SearchConfig(evaluator=EvaluatorConfig(proxy="bn_gamma"), max_latency_ms=1.0, max_tries=5, **SMALL)
+    cfg = search_config(evaluator=GAMMA, max_latency_ms=1.0, max_tries=5, **SMALL)
     with pytest.raises(InfeasibleError, match="relax the constraints"):
         _run(cfg, supernet, data, tmp_path / "b", latency_fn=lambda arch: 2.0)
     with pytest.raises(ValueError, match="probe_dir"):
-        _run(SearchConfig(evaluator=EvaluatorConfig(proxy="linear_probe")), supernet, data,
+        _run(search_config(evaluator=EvaluatorConfig(proxy="linear_probe")), supernet, data,
              tmp_path / "c")
 
 
 # ------------------------------------------------------------------------------------ resume, demo claim
-CONTRASTIVE = SearchConfig(evaluator=TINY_EVAL, **SMALL)
+CONTRASTIVE = search_config(evaluator=TINY_EVAL, **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +181,48 @@ def test_searched_architecture_beats_the_median_random_architecture(uninterrupte
                                                                      data):
     result, candidates = _read(uninterrupted)
     model = SupernetDir(supernet).load()
-    evaluator = build_evaluator(TINY_EVAL, model, data / "train", data / "val")
+    evaluator = build_evaluator(TINY_EVAL, model, *search_images(HOLDOUT, data / "train"))
     rng = np.random.default_rng(12345)  # an independent random sample, not the search's generation 0
     random_scores = [evaluator(DEMO.sample(rng)).score for _ in range(8)]
     assert evaluator(result["best"]["arch"]).score == result["best"]["score"]  # same evaluator, same number
     assert result["best"]["score"] > np.median(random_scores)
     assert result["best"]["score"] >= result["random_population_median_score"]
+
+
+def test_the_search_scores_the_train_holdout_and_no_stage_trains_on_it(supernet, data, demo_data, tmp_path):
+    """Selection never touches the report set: with every val/ image unreadable a search runs to the end, and its
+    scoring images are the holdout of train/. And the holdout is never trained on: with its files unreadable, a
+    supernet and a linear probe still train whole epochs."""
+    import shutil
+
+    from conftest import SUPERNET_CFG
+
+    from pinas.stages.linear_probe import LinearProbeConfig, train_probe
+    from pinas.stages.supernet import run_supernet
+
+    broken = tmp_path / "val-unreadable"
+    shutil.copytree(data / "train", broken / "train")
+    shutil.copytree(data / "val", broken / "val")
+    for image in (broken / "val").rglob("*.*"):
+        image.write_bytes(b"not an image")
+    cfg = search_config(evaluator=TINY_EVAL, population=3, generations=1, parents=1, mutations=0, crossovers=0,
+                        top_k=1)
+    assert _run(cfg, supernet, broken, tmp_path / "search")["metrics"]["evaluated"] == 3
+    recal, held = search_images(HOLDOUT, broken / "train")
+    evaluator = build_evaluator(TINY_EVAL, SupernetDir(supernet).load(), recal, held)
+    scored = {path for path, _ in evaluator.proxy.heldout.dataset.samples}
+    recalibrated = {path for path, _ in evaluator.proxy.recal.dataset.samples}
+    assert scored and scored <= {path for path, _ in held.samples} and recalibrated.isdisjoint(scored)
+    assert all(path.is_relative_to(broken / "train") for path in scored | recalibrated)
+
+    small = demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=1)
+    shutil.copytree(small, tmp_path / "small")
+    _, held = HOLDOUT.split(ImageList.scan(tmp_path / "small" / "train"))
+    for path, _ in held.samples:
+        path.write_bytes(b"not an image")
+    train = tmp_path / "small" / "train"
+    assert run_supernet(SUPERNET_CFG.model_copy(update={"epochs": 1}), train, tmp_path / "supernet")["metrics"][
+        "steps"] == 2  # (40 - 4 held out) // 16
+    probe = LinearProbeConfig(epochs=1, batch_size=12, base_batch=12, base_lr=0.1, num_workers=0, device="cpu",
+                              val_archs=0, holdout=HOLDOUT)
+    assert train_probe(probe, tmp_path / "supernet", train, tmp_path / "probe")["steps"] == 3  # 36 // 12

@@ -21,12 +21,12 @@ from pinas.space import DEMO
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = {
-    "data": {"generated": {"cls_train_per_class": 16, "cls_val_per_class": 4}},
+    "data": {"generated": {"cls_train_per_class": 16, "cls_val_per_class": 4}, "search_holdout": {"images": 0.2}},
     "supernet": {"epochs": 1, "batch_size": 16, "base_batch": 16, "queue_size": 32, "projector_hidden": 64,
                  "feature_dim": 16, "log_every": 1},
     "linear_probe": {"epochs": 1, "batch_size": 16, "val_recal_batches": 1},
     "retrain": {"epochs": 1, "batch_size": 16, "eval_every": 1, "log_every": 1},
-    "search": {"evaluator": {"batch_size": 8, "recal_batches": 1, "heldout_images": 8, "reference_paths": 1}},
+    "search": {"evaluator": {"batch_size": 8, "recal_batches": 1, "heldout_images": 8}},
     "study": {"supernets": ["pi", "spos"], "archs": 3, "seeds": [0, 1], "bootstrap": 50, "pool": 40},
 }
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import HOLDOUT
 
-from pinas.data.images import ImageFolderDataset
-from pinas.data.transforms import MocoV2Views
+from pinas.data.images import TrainCrops
+from pinas.data.transforms import moco_v2_views
 from pinas.engine.steplog import read_step_log
 from pinas.io.artifacts import load_tensors, verify_manifest
 from pinas.models.backbone import PiNASBackbone
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def small_config(**overrides) -> SupernetConfig:
     base = dict(space="demo", epochs=2, batch_size=16, queue_size=256, projector_hidden=128, feature_dim=32,
                 ema_momentum=0.99, base_lr=0.03, base_batch=16, num_workers=0, checkpoint_every=4, log_every=1,
-                seed=0)
+                seed=0, shuffle_bn_splits=2, holdout=HOLDOUT)
     return SupernetConfig(**{**base, **overrides})
 
 
@@ -40,9 +41,10 @@ def _model_and_step(seed=0):
 
 
 def _views(demo_imagenet, n=8):
-    ds = ImageFolderDataset(demo_imagenet / "train", 72)
-    images = torch.stack([ds[i][0] for i in range(0, len(ds), len(ds) // n)][:n])
-    return four_views(MocoV2Views(64), images)
+    views = moco_v2_views(64)
+    ds = TrainCrops(demo_imagenet / "train", views.crops, seed=0)
+    crops = torch.stack([ds[0, i][0] for i in range(0, len(ds), len(ds) // n)][:n])
+    return four_views(views.device, crops)
 
 
 def _snapshot(module):
@@ -131,7 +133,7 @@ def test_contrastive_loss_falls_and_artifact_is_tensor_only(demo_data, tmp_path)
     little of an image's identity to learn from in 50 steps.
     """
     data = demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=2)
-    cfg = small_config(epochs=25, batch_size=20, base_batch=20, queue_size=40, base_lr=0.05, checkpoint_every=1000,
+    cfg = small_config(epochs=25, batch_size=18, base_batch=18, queue_size=36, base_lr=0.05, checkpoint_every=1000,
                        crop_min_scale=0.35, hue=0.1)
     manifest = run_supernet(cfg, data / "train", tmp_path / "run")
     losses = [r["loss"] for r in read_step_log(tmp_path / "run" / "metrics.jsonl")]
@@ -157,7 +159,7 @@ def _env():
 @pytest.mark.slow
 def test_sigkilled_training_resumes_to_the_same_weights(demo_imagenet, tmp_path, caplog):
     """Only the killed run is a subprocess; the uninterrupted reference and the resumed run train in-process."""
-    cfg = small_config(epochs=1, checkpoint_every=3)  # 12 steps, checkpoints at 3, 6, 9
+    cfg = small_config(epochs=1, checkpoint_every=3)  # 11 steps (180 images), checkpoints at 3, 6, 9
     train = demo_imagenet / "train"
     train_supernet(cfg, train, tmp_path / "straight")
 
@@ -236,7 +238,7 @@ torch.save(models[0].student.state_dict(), out / f"student-{rank}.pt")
 def test_ablation_objectives_train_and_their_loss_falls(objective, steps, drop, demo_data, tmp_path):
     """The study's ablations: MoCo within one path, and SPOS (cross-entropy on one uniformly drawn path)."""
     data = demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=2)
-    cfg = small_config(objective=objective, epochs=steps // 2, batch_size=20, base_batch=20, queue_size=40,
+    cfg = small_config(objective=objective, epochs=steps // 2, batch_size=18, base_batch=18, queue_size=36,
                        base_lr=0.05, checkpoint_every=1000, crop_min_scale=0.35, hue=0.1)
     manifest = run_supernet(cfg, data / "train", tmp_path / "run")
     losses = [r["loss"] for r in read_step_log(tmp_path / "run" / "metrics.jsonl")]
@@ -267,10 +269,73 @@ def test_only_spos_reads_the_labels(objective, demo_data, tmp_path):
     weights; SPOS does not."""
     train = demo_data("imagenet", cls_train_per_class=8, cls_val_per_class=2) / "train"
     relabelled = _relabelled(train, tmp_path / "relabelled", [4, 12, 8, 8, 8])
-    cfg = small_config(objective=objective, epochs=1, batch_size=20, base_batch=20, queue_size=40)  # 2 steps
+    cfg = small_config(objective=objective, epochs=1, batch_size=18, base_batch=18, queue_size=36)  # 2 steps
     weights = []
     for name, folder in (("a", train), ("b", relabelled)):
         run_supernet(cfg, folder, tmp_path / name)
         weights.append(load_tensors(tmp_path / name / "supernet.pt")["student"])
     same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert same == (objective != "spos")
+
+
+def _nce(q, k, queue, temperature=0.2):
+    """InfoNCE written out: -log softmax of the positive among [positive, queue negatives], mean over images."""
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], 1) / temperature
+    return -torch.log_softmax(logits, 1)[:, 0].mean()
+
+
+def test_the_step_pulls_each_query_towards_the_other_paths_key(demo_imagenet):
+    """One pi step's loss, recomputed from the pre-step model: query of view 1 on alpha meets the key of view 4 on
+    beta, and query of view 3 on beta meets the key of view 2 on alpha; each key after the EMA step of its path."""
+    import copy
+
+    model, student, opt, scaler = _model_and_step()
+    model.shuffle_bn_splits = 2
+    x = _views(demo_imagenet)
+    alpha, beta = DEMO.sample_pair(np.random.default_rng(4))
+    reference = copy.deepcopy(model)
+    torch.manual_seed(7)  # the shuffle-BN permutations
+    loss = pi_step(model, student, opt, scaler, x, alpha, beta)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        q_alpha, q_beta = reference.student(x[0], alpha), reference.student(x[2], beta)
+        reference.momentum_update(alpha)
+        k_alpha = reference.keys(x[1], alpha)
+        reference.momentum_update(beta)
+        k_beta = reference.keys(x[3], beta)
+    queue = reference.queue
+    cross = _nce(q_alpha, k_beta, queue) + _nce(q_beta, k_alpha, queue)
+    same = _nce(q_alpha, k_alpha, queue) + _nce(q_beta, k_beta, queue)
+    assert float(loss) == pytest.approx(float(cross), rel=1e-5)
+    assert float(loss) != pytest.approx(float(same), rel=1e-3)
+
+
+def test_shuffled_keys_come_back_to_their_own_images():
+    """In one process the teacher embeds a shuffled batch in sub-batches (BN over each) and un-shuffles: with BN
+    frozen every key is its own image's embedding; in training mode the keys are those of BN over some pairing of
+    the images into sub-batches, not over the whole batch."""
+    import itertools
+
+    torch.manual_seed(0)
+    # float64: BN over 2 images divides by a tiny variance, which magnifies float32 summation order
+    model = SupernetPi(PiNASBackbone(DEMO), 32, 16, 32, 0.2, 0.99, shuffle_bn_splits=2).double()
+    for m in model.teacher.modules():  # every block matters (bn3 starts at gamma 0)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    arch = DEMO.sample(np.random.default_rng(0))
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        model.teacher.eval()
+        own = torch.cat([model.teacher(x[i:i + 1], arch) for i in range(4)])
+        torch.testing.assert_close(model.keys(x, arch), own, rtol=1e-9, atol=1e-12)
+        model.teacher.train()
+        keys = model.keys(x, arch)
+        whole = model.teacher(x, arch)
+        pairings = []
+        for first in itertools.combinations(range(4), 2):
+            second = tuple(i for i in range(4) if i not in first)
+            k = torch.empty_like(keys)
+            k[list(first)], k[list(second)] = model.teacher(x[list(first)], arch), model.teacher(x[list(second)], arch)
+            pairings.append(k)
+    assert min((keys - k).abs().max().item() for k in pairings) < 1e-9
+    assert (keys - whole).abs().max().item() > 0.1

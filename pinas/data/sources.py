@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pinas.data.demo import DemoDataSpec, generate_all
 from pinas.data.fingerprint import DigestCache, fingerprint_tree
+from pinas.data.images import SearchHoldout
 
 DATASETS = ("imagenet", "coco", "ade20k", "cityscapes")
 FINGERPRINT_CACHE = "annotation-digests.json"  # under <run root>/data/
@@ -35,12 +36,15 @@ class DatasetError(ValueError):
 
 
 class DataConfig(BaseModel):
-    """``generated``: make the demo datasets under the run root; ``folders``: use the paths given here."""
+    """``generated``: make the demo datasets under the run root; ``folders``: use the paths given here.
+    ``search_holdout``: the part of ImageNet ``train/`` the search scores on, which the supernet and the linear
+    probe never train on (every stage that reads it takes it from here)."""
 
     model_config = ConfigDict(extra="forbid")
 
     source: Literal["generated", "folders"] = "folders"
     generated: DemoDataSpec = DemoDataSpec()
+    search_holdout: SearchHoldout = SearchHoldout()
     imagenet: Path | None = None
     coco: Path | None = None
     ade20k: Path | None = None

@@ -1,29 +1,29 @@
-"""Every augmentation and evaluation view of pinas, batched on the training device (kornia).
+"""The device half of every training view, and the evaluation view (kornia, batched on the training device).
 
-Loader workers hand over uint8 squares (:mod:`pinas.data.images`); everything random happens here, on the device,
-from the torch RNG that checkpoints capture, so a resumed run draws exactly the views an uninterrupted one would.
+The loader workers cut each training view from the full image (:class:`pinas.data.images.TrainCrops`, seeded per
+image, step and view); what follows runs here, batched, from the torch RNG that checkpoints capture, so a resumed
+run draws exactly the views an uninterrupted one would. A :class:`Views` pairs the two halves of one recipe:
 
-* :class:`MocoV2Views`: supernet-Pi's view pipeline (method doc 2.2), four views per image (:class:`FourViews`);
-* :class:`CropFlip`: the linear probe's RandomResizedCrop + flip (method doc 3.2);
-* :class:`RetrainAugment` and :func:`mixup`: the ResNeSt-50 retraining recipe (method doc 4);
+* :func:`moco_v2_views`: supernet-Pi's four views per image (method doc 2.2), colour on the device
+  (:class:`MocoV2Colour`);
+* :func:`crop_flip`: the linear probe's RandomResizedCrop + flip (method doc 3.2);
+* :func:`retrain_views` and :func:`mixup`: the ResNeSt-50 retraining recipe (method doc 4; :class:`RecipeColour`);
 * :class:`CenterCrop` / :func:`center_crop` + :class:`Normalize`: the deterministic evaluation view.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kornia.augmentation as K
 import torch
-from kornia.augmentation.auto import RandAugment
 from torch import nn
+
+from pinas.data.images import CropSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: kornia's RandAugment draws its operations once per call; applying it to groups this size gives different
-#: images of a batch different operations (as per-image RandAugment does) at a few calls per batch.
-RANDAUG_GROUP = 8
 
 #: AlexNet "PCA lighting" noise: the eigen-decomposition of ImageNet's RGB covariance (pixel values in 0..1).
 _PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -64,78 +64,36 @@ class CenterCrop(nn.Module):
         return self.normalize(center_crop(x, self.size))
 
 
-class MocoV2Views(nn.Module):
-    """The MoCo v2 / OpenSelfSup view pipeline (method doc 2.2).
+class MocoV2Colour(nn.Module):
+    """The device half of the MoCo v2 / OpenSelfSup views (method doc 2.2), per image: ColorJitter(jitter, jitter,
+    jitter, hue) p=0.8 -> grayscale p=grayscale_p -> Gaussian blur sigma U(0.1, 2) p=blur_p -> normalise. The blur
+    kernel is ~10% of the crop, as in SimCLR/MoCo v2 (23 px at 224). Takes uint8 crops ``(N, 3, H, W)``, or
+    ``(N, V, 3, H, W)`` with V views per image, which come out view-major: ``(V*N, 3, H, W)``."""
 
-    RandomResizedCrop(scale crop_min_scale-1) -> ColorJitter(jitter, jitter, jitter, hue) p=0.8 -> grayscale
-    p=grayscale_p -> Gaussian blur sigma U(0.1, 2) p=blur_p -> horizontal flip -> normalise. The defaults are the
-    paper's; the strengths are settings because tiny images (the demo profile) lose their identity under the full
-    distortion. The blur kernel is ~10% of the crop, as in SimCLR/MoCo v2 (23 px at 224).
-    """
-
-    def __init__(self, size: int, crop_min_scale: float = 0.2, jitter: float = 0.4, hue: float = 0.4,
-                 grayscale_p: float = 0.2, blur_p: float = 0.5):
+    def __init__(self, size: int, jitter: float = 0.4, hue: float = 0.4, grayscale_p: float = 0.2,
+                 blur_p: float = 0.5):
         super().__init__()
         kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        steps: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=(crop_min_scale, 1.0))]
+        steps: list[nn.Module] = []
         if jitter or hue:
             steps.append(K.ColorJitter(jitter, jitter, jitter, hue, p=0.8))
         if grayscale_p:
             steps.append(K.RandomGrayscale(p=grayscale_p))
         if blur_p:
             steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_p))
-        steps.append(K.RandomHorizontalFlip())
         self.augment = nn.Sequential(*steps)
         self.normalize = Normalize()
 
-    @classmethod
-    def from_settings(cls, size: int, settings: dict[str, Any]) -> MocoV2Views:
-        """The views a supernet was trained with, from its stage settings (the contrastive proxy scores with them)."""
-        return cls(size, settings["crop_min_scale"], settings["color_jitter"], settings["hue"],
-                   settings["grayscale_p"], settings["blur_p"])
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.augment(to_unit(images)).clamp_(0, 1))
+        return self.normalize(self.augment(to_unit(view_major(images))).clamp_(0, 1))
 
 
-class FourViews(nn.Module):
-    """Four views of every image, stacked view-major: (4B, C, H, W), as supernet-Pi training draws them."""
+class RecipeColour(nn.Module):
+    """The device half of the ResNeSt-50 recipe's training views: colour jitter -> PCA lighting -> normalise (the
+    loader did RandAugment, the crop and the flip). A zero strength turns a step off."""
 
-    def __init__(self, views: MocoV2Views):
+    def __init__(self, color_jitter: float, lighting: float):
         super().__init__()
-        self.views = views
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.views(x.repeat(4, 1, 1, 1))
-
-
-class CropFlip(nn.Module):
-    """RandomResizedCrop + horizontal flip (the linear probe's training augmentation, method doc 3.2)."""
-
-    def __init__(self, size: int, min_scale: float = 0.08):
-        super().__init__()
-        self.augment = nn.Sequential(K.RandomResizedCrop((size, size), scale=(min_scale, 1.0)),
-                                     K.RandomHorizontalFlip())
-        self.normalize = Normalize()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.augment(to_unit(x)).clamp_(0, 1))
-
-
-class RetrainAugment(nn.Module):
-    """The ResNeSt-50 recipe's training views: uint8 decoded squares in, normalised crops out.
-
-    RandAugment (on the decoded square, before the crop, as PyTorch-Encoding applies it to the PIL image) ->
-    random resized crop (bicubic) -> horizontal flip -> colour jitter -> PCA lighting -> normalise. A zero
-    magnitude / strength turns a step off.
-    """
-
-    def __init__(self, size: int, crop_scale: tuple[float, float], crop_ratio: tuple[float, float],
-                 randaug_n: int, randaug_m: int, color_jitter: float, lighting: float):
-        super().__init__()
-        self.randaug = RandAugment(n=randaug_n, m=randaug_m) if randaug_m > 0 else None
-        self.crop = K.RandomResizedCrop((size, size), scale=crop_scale, ratio=crop_ratio, resample="bicubic")
-        self.flip = K.RandomHorizontalFlip()
         self.jitter = K.ColorJitter(color_jitter, color_jitter, color_jitter, p=1.0) if color_jitter > 0 else None
         self.lighting = lighting
         self.register_buffer("pca", torch.tensor(_PCA_EIGVEC) * torch.tensor(_PCA_EIGVAL), persistent=False)
@@ -143,15 +101,56 @@ class RetrainAugment(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = to_unit(images)
-        if self.randaug is not None:
-            x = torch.cat([self.randaug(g) for g in x.split(RANDAUG_GROUP)])
-        x = self.flip(self.crop(x.clamp(0, 1)))
         if self.jitter is not None:
             x = self.jitter(x)
         if self.lighting > 0:
             alpha = torch.randn(x.shape[0], 3, device=x.device) * self.lighting
             x = x + (alpha @ self.pca.T)[:, :, None, None]
         return self.normalize(x.clamp(0, 1))
+
+
+def view_major(images: torch.Tensor) -> torch.Tensor:
+    """``(N, V, C, H, W)`` (V views of each image) -> ``(V*N, C, H, W)``, all first views first; 4-d passes."""
+    return images.transpose(0, 1).reshape(-1, *images.shape[2:]) if images.dim() == 5 else images
+
+
+@dataclass(frozen=True)
+class Views:
+    """A training view recipe in its two halves: what the loader workers cut from each full image (``crops``) and
+    what runs batched on the device afterwards (``device``: uint8 crops in, normalised floats out)."""
+
+    crops: CropSpec
+    device: nn.Module
+
+
+def moco_v2_views(size: int, crop_min_scale: float = 0.2, jitter: float = 0.4, hue: float = 0.4,
+                  grayscale_p: float = 0.2, blur_p: float = 0.5, views: int = 4) -> Views:
+    """Supernet-Pi's views (method doc 2.2): RandomResizedCrop(scale crop_min_scale-1) + flip in the loader, the
+    MoCo v2 colour ops on the device; four views per image by default. The defaults are the paper's; the strengths
+    are settings because tiny images (the demo profile) lose their identity under the full distortion."""
+    return Views(CropSpec(size, (crop_min_scale, 1.0), views=views), MocoV2Colour(size, jitter, hue, grayscale_p,
+                                                                                  blur_p))
+
+
+def supernet_views(size: int, settings: dict[str, Any], views: int = 4) -> Views:
+    """The views a supernet was trained with, from its stage settings (the contrastive proxy scores with them)."""
+    return moco_v2_views(size, settings["crop_min_scale"], settings["color_jitter"], settings["hue"],
+                         settings["grayscale_p"], settings["blur_p"], views)
+
+
+def crop_flip(size: int, min_scale: float = 0.08) -> Views:
+    """RandomResizedCrop + horizontal flip (the linear probe's training augmentation, method doc 3.2)."""
+    return Views(CropSpec(size, (min_scale, 1.0)), Normalize())
+
+
+def retrain_views(size: int, crop_scale: tuple[float, float], crop_ratio: tuple[float, float], randaug_n: int,
+                  randaug_m: int, color_jitter: float, lighting: float) -> Views:
+    """The ResNeSt-50 recipe's training views (method doc 4): RandAugment(n, m) on the full image, random resized
+    crop (bicubic), flip in the loader; colour jitter and PCA lighting on the device. ``randaug_m = 0`` turns
+    RandAugment off."""
+    return Views(CropSpec(size, crop_scale, crop_ratio, "bicubic",
+                          randaug=(randaug_n, randaug_m) if randaug_m > 0 else None),
+                 RecipeColour(color_jitter, lighting))
 
 
 def mixup(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:

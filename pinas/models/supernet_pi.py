@@ -22,7 +22,8 @@ from pinas.models.backbone import PiNASBackbone
 from pinas.space import Arch
 
 #: what a supernet is trained with: ``pi`` (cross-path contrast, the method), ``same_path`` (MoCo contrast within one
-#: path, the paper's no-cross-path ablation), ``spos`` (one uniform path, supervised cross-entropy: SPOS)
+#: path: pinas's baseline without the cross-path term), ``spos`` (SPOS's sampling of one uniform path with
+#: supervised cross-entropy, trained with the Pi recipe rather than SPOS's own)
 Objective = Literal["pi", "same_path", "spos"]
 
 
@@ -82,19 +83,21 @@ class PathClassifier(nn.Module):
 class SupernetPi(nn.Module):
     """Student encoder, path-restricted EMA teacher and the negative queue.
 
-    ``num_classes`` adds ``classifier``, the linear head of the supervised SPOS ablation (``objective: spos``),
+    ``num_classes`` adds ``classifier``, the linear head of the supervised SPOS baseline (``objective: spos``),
     which trains the student backbone and this head only: its teacher, projector and queue stay as initialised.
+    ``shuffle_bn_splits``: in one process, the sub-batches the teacher's BN normalises the shuffled keys over
+    (:meth:`keys`).
     """
 
     def __init__(self, backbone: PiNASBackbone, projector_hidden: int, feature_dim: int, queue_size: int,
-                 temperature: float, momentum: float, num_classes: int | None = None):
+                 temperature: float, momentum: float, num_classes: int | None = None, shuffle_bn_splits: int = 1):
         super().__init__()
         self.classifier = nn.Linear(backbone.feature_dim, num_classes) if num_classes else None
         self.student = Encoder(backbone, Projector(backbone.feature_dim, projector_hidden, feature_dim))
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.temperature, self.momentum = temperature, momentum
+        self.temperature, self.momentum, self.shuffle_bn_splits = temperature, momentum, shuffle_bn_splits
         self.register_buffer("queue", F.normalize(torch.randn(feature_dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pairs_cache: dict[Arch, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -124,9 +127,20 @@ class SupernetPi(nn.Module):
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor, arch: Arch, info: DistInfo = SINGLE_PROCESS) -> torch.Tensor:
-        """Teacher embeddings of ``x`` on ``arch``, with MoCo's shuffle-BN across ranks when distributed."""
+        """Teacher embeddings of ``x`` on ``arch``, with MoCo's shuffle-BN.
+
+        Why: if a key were normalised with the batch statistics of the same images its query saw, the pair could
+        be matched through those statistics rather than the image (MoCo's BN "cheating"). So the keys are computed
+        on a random permutation of the images, cut into sub-batches that BN normalises separately, then put back in
+        order. Under torchrun the sub-batches are the ranks' shares of the gathered batch; in one process they are
+        ``shuffle_bn_splits`` chunks (MoCo's single-GPU SplitBatchNorm).
+        """
         if not info.enabled:
-            return self.teacher(x, arch)
+            if self.shuffle_bn_splits <= 1:
+                return self.teacher(x, arch)
+            perm = torch.randperm(x.shape[0], device=x.device)
+            k = torch.cat([self.teacher(part, arch) for part in x[perm].chunk(self.shuffle_bn_splits)])
+            return k[torch.argsort(perm)]
         gathered = all_gather_cat(x, info)
         perm = torch.randperm(gathered.shape[0], device=x.device)
         torch.distributed.broadcast(perm, src=0)

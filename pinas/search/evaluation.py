@@ -6,16 +6,15 @@ never computed twice; :func:`build_evaluator` wires a proxy to the recalibration
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from pinas.data.images import ImageFolderDataset
-from pinas.data.transforms import CenterCrop, CropFlip, FourViews, MocoV2Views
+from pinas.data.images import ImageFolderDataset, ImageList, TrainCrops
+from pinas.data.transforms import CenterCrop, Views, crop_flip, moco_v2_views
 from pinas.engine.distributed import SINGLE_PROCESS, DistInfo, gather_objects
 from pinas.models.supernet_pi import SupernetPi
 from pinas.search.proxies import BNGammaProxy, ContrastiveProxy, ProbeProxy, Proxy
@@ -26,16 +25,21 @@ ProxyName = Literal["contrastive", "linear_probe", "bn_gamma"]
 
 
 class EvaluatorConfig(BaseModel):
-    """How one candidate is scored; defaults follow the released search (method doc 3.3)."""
+    """How one candidate is scored. The default proxy and the recalibration are the released search's (method doc
+    3.3): the shared linear probe's top-1 after precise BN over 49 batches of 128 training images; the scoring
+    images are the search holdout of ``train/``, not ``val/`` (:class:`pinas.data.images.SearchHoldout`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    proxy: ProxyName = "contrastive"
-    batch_size: int = Field(128, ge=2, description="images per batch for recalibration and scoring")
+    proxy: ProxyName = Field("linear_probe", description="linear_probe: the released search's proxy (needs the "
+                             "linear_probe stage); contrastive: label-free cross-path InfoNCE (pinas's extension); "
+                             "bn_gamma: BN-NAS's data-free score")
+    batch_size: int = Field(128, ge=2, description="images per batch of recalibration and scoring (each candidate "
+                                                   "is scored whole in one process)")
     recal_batches: int = Field(49, ge=1, description="training batches of precise-BN recalibration per path")
-    heldout_images: int | None = Field(None, ge=2, description="held-out (val) images scored; None = all")
-    reference_paths: int = Field(2, ge=1, description="contrastive proxy: random differing paths per candidate")
-    decode_size: int | None = Field(None, description="square the loader decodes to; default input_size * 8/7")
+    heldout_images: int | None = Field(None, ge=2, description="search-holdout images scored; None = all")
+    reference_squares: int = Field(1, ge=1, description="contrastive proxy: Latin squares of reference paths, "
+                                                        "each choices - 1 paths (pinas.search.proxies.ReferencePaths)")
     cache_mb: int = Field(4096, ge=0, description="memory for preprocessed batches kept between candidates")
     channels_last: bool = Field(True, description="NHWC activations: much faster convolutions and BN statistics "
                                                   "on CPU (and tensor cores on GPU)")
@@ -95,52 +99,57 @@ class Evaluator:
 
 
 def default_decode_size(space: SearchSpace) -> int:
-    """The loader's square, 8/7 of the input (256 for 224), so crops see a little context, as in training."""
+    """The evaluation view's square, 8/7 of the input (256 for 224), as retraining evaluates."""
     return round(space.input_size * 8 / 7)
 
 
-def build_evaluator(cfg: EvaluatorConfig, model: SupernetPi, train_dir: str | Path | None,
-                    val_dir: str | Path | None, probe: tuple[nn.Linear, dict] | None = None,
-                    device: torch.device | None = None, views: MocoV2Views | None = None,
+def build_evaluator(cfg: EvaluatorConfig, model: SupernetPi, recal_images: ImageList | None,
+                    score_images: ImageList | None, probe: tuple[nn.Linear, dict] | None = None,
+                    device: torch.device | None = None, views: Views | None = None,
                     info: DistInfo = SINGLE_PROCESS) -> Evaluator:
     """An :class:`Evaluator` for ``cfg.proxy`` on a loaded supernet; ``probe`` is the trained head and its
     ``probe.json`` (:meth:`pinas.io.stage_dirs.ProbeDir.load`), needed for ``linear_probe``. With
     ``cfg.channels_last`` the model's weights are switched to the NHWC layout in place (values unchanged).
 
-    Recalibration uses ``train_dir`` images with the augmentation the scored network was trained on (MoCo v2 views
-    for the contrastive proxy, the probe's crop + flip for the probe); scoring uses the held-out ``val_dir``.
-    ``views`` is the supernet's own view pipeline (:meth:`pinas.data.transforms.MocoV2Views.from_settings`;
+    Recalibration uses ``recal_images`` with the augmentation the scored network was trained on (MoCo v2 views for
+    the contrastive proxy, the probe's crop + flip for the probe), cut by the loader from the full images; scoring
+    uses ``score_images`` (the search holdout): four MoCo views for the contrastive proxy, the evaluation view for
+    the probe. ``views`` is the supernet's own single-view recipe (:func:`pinas.data.transforms.supernet_views`;
     default: the paper's MoCo v2 settings). ``info``: the process group whose ranks share each generation.
     """
     space = model.space
     if cfg.proxy == "bn_gamma":
         return Evaluator(space, BNGammaProxy(model.student.backbone), info)
+    if recal_images is None or score_images is None:
+        raise ValueError(f"proxy {cfg.proxy!r} needs recalibration and scoring images")
     device = device or next(model.parameters()).device
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # same values, NHWC layout
     size = space.input_size
-    decode = cfg.decode_size or default_decode_size(space)
-    train = ImageFolderDataset(train_dir, decode)
-    val = ImageFolderDataset(val_dir, decode)
     budget = cfg.cache_mb * 2 ** 20
 
     def batches(dataset, idx, transform, seed):
         return FixedBatches(dataset, idx, transform.to(device), device, seed, budget, cfg.num_workers,
                             cfg.channels_last)
 
-    recal_idx = recal_batches(len(train), cfg.batch_size, cfg.recal_batches, cfg.seed)
-    held_idx = heldout_batches(len(val), cfg.batch_size, cfg.heldout_images)
+    recal_idx = recal_batches(len(recal_images), cfg.batch_size, cfg.recal_batches, cfg.seed)
+    held_idx = heldout_batches(len(score_images), cfg.batch_size, cfg.heldout_images)
     if cfg.proxy == "contrastive":
-        views = views or MocoV2Views(size)
-        proxy = ContrastiveProxy(model, batches(train, recal_idx, views, cfg.seed),
-                                 batches(val, held_idx, FourViews(views), cfg.seed + 1), cfg.reference_paths,
-                                 cfg.seed, cfg.prefix_sharing)
+        views = views or moco_v2_views(size, views=1)
+        four = replace(views.crops, views=4)
+        proxy = ContrastiveProxy(model, batches(TrainCrops(recal_images, views.crops, cfg.seed), recal_idx,
+                                                views.device, cfg.seed),
+                                 batches(TrainCrops(score_images, four, cfg.seed + 1), held_idx, views.device,
+                                         cfg.seed + 1),
+                                 cfg.reference_squares, cfg.seed, cfg.prefix_sharing)
     else:
         if probe is None:
             raise ValueError("proxy 'linear_probe' needs the trained probe (run the linear_probe stage)")
         head, probe_info = probe
+        probe_views = crop_flip(size, probe_info.get("crop_min_scale", 0.08))
         proxy = ProbeProxy(model.student.backbone, head.to(device).eval(),
-                           batches(train, recal_idx, CropFlip(size, probe_info.get("crop_min_scale", 0.08)),
-                                   cfg.seed),
-                           batches(val, held_idx, CenterCrop(size), cfg.seed + 1), cfg.prefix_sharing)
+                           batches(TrainCrops(recal_images, probe_views.crops, cfg.seed), recal_idx,
+                                   probe_views.device, cfg.seed),
+                           batches(ImageFolderDataset(score_images, default_decode_size(space)), held_idx,
+                                   CenterCrop(size), cfg.seed + 1), cfg.prefix_sharing)
     return Evaluator(space, proxy, info)

@@ -1,9 +1,10 @@
 """The proxies that score one architecture on the trained supernet (higher is better; raw loss / accuracy kept).
 
-* :class:`ContrastiveProxy` (label-free, the default): the supernet-Pi cross-path InfoNCE of the candidate path
-  against random paths that differ from it at every layer, on held-out images, with the trained queue as negatives
-  and the training temperature; score = -loss.
-* :class:`ProbeProxy`: top-1 (%) of the shared linear probe (the ``linear_probe`` stage) on a labelled split.
+* :class:`ProbeProxy` (the released search's proxy, the default): top-1 (%) of the shared linear probe (the
+  ``linear_probe`` stage) on the labelled search holdout.
+* :class:`ContrastiveProxy` (label-free; pinas's extension, no released search uses it): the supernet-Pi
+  cross-path InfoNCE of the candidate path against reference paths that differ from it at every layer, on held-out
+  images, with the trained queue as negatives and the training temperature; score = -loss.
 * :class:`BNGammaProxy`: BN-NAS's data-free indicator, the sum over layers of the mean |gamma| of the chosen
   block's last BN. Costs nothing; used as a pre-filter by the search.
 
@@ -27,7 +28,7 @@ from pinas.models.backbone import PiNASBackbone
 from pinas.models.supernet_pi import SupernetPi, info_nce
 from pinas.search.path_features import BlockCounter, path_features
 from pinas.search.recalibration import FixedBatches
-from pinas.space import Arch
+from pinas.space import Arch, SearchSpace
 
 Score = tuple[float, float | None, float | None]  # (score, loss, acc)
 
@@ -100,54 +101,73 @@ class _PathProxy:
         return self.score_many([arch])[0]
 
 
-class ContrastiveProxy(_PathProxy):
-    """Cross-path InfoNCE of the candidate against random fully-differing reference paths, on held-out views.
+class ReferencePaths:
+    """The reference paths the contrastive proxy pairs a candidate with: ``squares`` Latin squares of offsets.
 
-    As in training, with views v1..v4 of an image: queries come from the student (v1 on the candidate, v3 on the
-    reference), keys from the teacher (v2 on the candidate, v4 on the reference), positives are cross-path
-    (q_cand with k_ref, q_ref with k_cand), negatives the trained queue. Each path is recalibrated (student and
-    teacher BNs) before it embeds; the candidate's embeddings are reused for every reference path.
+    Why not random references: the score is symmetric in candidate and reference (each appears once as query, once
+    as key), so to first order a candidate is credited with its references' quality too. References drawn once per
+    candidate as fixed rotations favour architectures whose rotations happen to be good (with two references whose
+    offsets are both 2 at a layer, choices 0 and 2 score alike there). The official code avoids the bias in
+    expectation by drawing a fresh random reference every batch, at the price of noise.
 
-    Reference path r of a candidate is the candidate with every layer's choice moved by a random, nonzero offset
-    drawn once per search from ``seed`` (``(choice + offset_r[layer]) mod choices``): a random path that differs
-    from the candidate at every layer, as in training, and fixed for a given (seed, arch). One offset for all
-    candidates makes the references of candidates that share a prefix share it too, so prefix sharing saves as
-    much on the references as on the candidates.
+    Here each square is ``choices - 1`` references; at every layer their offsets from the candidate are a seeded
+    permutation of {1, ..., choices - 1}, so each other choice of that layer appears in exactly one reference. Under
+    an additive model of per-layer quality w, a candidate's mean reference quality is (sum of all w - w(arch)) /
+    (choices - 1): the score moves with w(arch) alone, so the order of the choices at every layer is kept, with no
+    noise. The offsets are shared by all candidates, so candidates that share a prefix have references that share
+    it too and prefix sharing saves as much on the references as on the candidates.
     """
+
+    def __init__(self, space: SearchSpace, squares: int = 1, seed: int = 0):
+        rng = np.random.default_rng([seed, 4242])
+        n, layers = space.num_choices, space.num_layers
+        # offsets[square * (n - 1) + r, layer]: each column of one square is a permutation of 1..n-1
+        self.offsets = np.concatenate([np.stack([rng.permutation(np.arange(1, n)) for _ in range(layers)], axis=1)
+                                       for _ in range(squares)])
+        self.num_choices = n
+
+    def __call__(self, arch: Arch) -> list[Arch]:
+        n = self.num_choices
+        return [tuple(int((c + o) % n) for c, o in zip(arch, offset)) for offset in self.offsets]
+
+
+def cross_path_losses(references: dict[Arch, list[Arch]], q: dict[tuple[Arch, int], torch.Tensor],
+                      k: dict[tuple[Arch, int], torch.Tensor], queue: torch.Tensor, temperature: float) -> list[float]:
+    """The contrastive proxy's loss of each candidate, as supernet-Pi training pairs views 1..4: the candidate plays
+    alpha (query from view 1, key from view 2), each reference beta (query from view 3, key from view 4), positives
+    are cross-path (q_cand with k_ref, q_ref with k_cand); the mean over the references.
+
+    ``q`` / ``k`` map (path, view index 0..3) to the L2-normalised student / teacher embeddings of the held-out
+    images."""
+    return [float(np.mean([chunked_info_nce(q[arch, 0], k[ref, 3], queue, temperature)
+                           + chunked_info_nce(q[ref, 2], k[arch, 1], queue, temperature) for ref in refs]))
+            for arch, refs in references.items()]
+
+
+class ContrastiveProxy(_PathProxy):
+    """Cross-path InfoNCE of the candidate against its :class:`ReferencePaths`, on held-out views
+    (:func:`cross_path_losses`); each path is recalibrated (student and teacher BNs) before it embeds, and the
+    candidate's embeddings are reused for every reference."""
 
     name = "contrastive"
 
-    def __init__(self, model: SupernetPi, recal: FixedBatches, heldout: FixedBatches, reference_paths: int = 2,
+    def __init__(self, model: SupernetPi, recal: FixedBatches, heldout: FixedBatches, reference_squares: int = 1,
                  seed: int = 0, prefix_sharing: bool = True):
         super().__init__(recal, heldout, prefix_sharing)
-        self.model, self.reference_paths, self.seed = model, reference_paths, seed
-        space = model.space
-        self.offsets = np.random.default_rng([seed, 4242]).integers(1, space.num_choices,
-                                                                   size=(reference_paths, space.num_layers))
-
-    def references(self, arch: Arch) -> list[Arch]:
-        """The reference paths of ``arch``: fixed for a given (seed, arch), differing from it at every layer."""
-        n = self.model.space.num_choices
-        return [tuple(int((c + o) % n) for c, o in zip(arch, offset)) for offset in self.offsets]
+        self.model = model
+        self.references = ReferencePaths(model.space, reference_squares, seed)
 
     def score_many(self, archs: Sequence[Arch]) -> list[Score]:
         student, teacher = self.model.student, self.model.teacher
-        refs = {tuple(a): self.references(a) for a in archs}
-        # the candidate plays training's alpha (views 1, 2), each reference its beta (views 3, 4)
+        refs = {tuple(a): self.references(tuple(a)) for a in archs}
         q = self._features(student.backbone, [(a, 0) for a in refs] + [(r, 2) for rs in refs.values() for r in rs])
         k = self._features(teacher.backbone, [(a, 1) for a in refs] + [(r, 3) for rs in refs.values() for r in rs])
         with torch.no_grad():
             q = {key: F.normalize(student.projector(f), dim=1) for key, f in q.items()}
             k = {key: F.normalize(teacher.projector(f), dim=1) for key, f in k.items()}
-        queue, tau = self.model.queue.detach(), self.model.temperature
-        out = []
-        for arch, rs in refs.items():
-            losses = [chunked_info_nce(q[arch, 0], k[r, 3], queue, tau) + chunked_info_nce(q[r, 2], k[arch, 1],
-                                                                                         queue, tau) for r in rs]
-            loss = float(np.mean(losses))
-            out.append((-loss, loss, None))
-        self.timings.evaluations += len(out)
-        return out
+        losses = cross_path_losses(refs, q, k, self.model.queue.detach(), self.model.temperature)
+        self.timings.evaluations += len(losses)
+        return [(-loss, loss, None) for loss in losses]
 
 
 class ProbeProxy(_PathProxy):

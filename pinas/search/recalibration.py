@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pinas.data.images import batch_loader
+from pinas.data.images import loader
 from pinas.models.backbone import PiNASBackbone
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -34,8 +34,10 @@ def _seeded(seed: int, index: int) -> int:
 class FixedBatches:
     """A fixed sequence of preprocessed (x, y) batches; batch i is a pure function of (indices, seed, i).
 
-    ``transform`` may be random: it runs under a forked torch RNG seeded with (seed, i), so the result does not
-    depend on what ran before. Preprocessed batches stay in memory up to ``cache_bytes`` (every candidate reuses
+    ``dataset`` is an evaluation view (:class:`~pinas.data.images.ImageFolderDataset`) or training crops
+    (:class:`~pinas.data.images.TrainCrops`, which draw batch i's crops as step i). ``transform`` runs on the device
+    and may be random: it runs under a forked torch RNG seeded with (seed, i), so the result does not depend on what
+    ran before. Preprocessed batches stay in memory up to ``cache_bytes`` (every candidate reuses
     them); batches beyond the budget are decoded and transformed again each pass, identically.
     """
 
@@ -67,13 +69,13 @@ class FixedBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         missing = [i for i in range(len(self.batches)) if i not in self._cache]
-        loader = iter(batch_loader(self.dataset, [self.batches[i] for i in missing], self.num_workers)) \
-            if missing else None
+        batches = iter(loader(self.dataset, [self.dataset.batch_keys(i, self.batches[i]) for i in missing],
+                              self.num_workers)) if missing else None
         for i in range(len(self.batches)):
             if i in self._cache:
                 yield self._cache[i]
                 continue
-            batch = self._prepare(i, *next(loader))
+            batch = self._prepare(i, *next(batches))
             size = batch[0].numel() * batch[0].element_size()
             if self._cached_bytes + size <= self.cache_bytes:
                 self._cache[i] = batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pinas.engine.checkpoint import check_same_settings
 from pinas.engine.launch import SINGLE_NODE, Nodes, run_module
@@ -45,6 +45,33 @@ class DistributedStageConfig(StageConfig):
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+class TrainingStageConfig(DistributedStageConfig):
+    """A stage that trains with SGD on batches of images. ``batch_size`` is always the **global** batch (every
+    process of every node together), so a config means the same training on 1 GPU or 8: each process takes
+    ``batch_size / world size`` images (:meth:`process_batch`), and the lr is ``base_lr`` at ``base_batch`` images,
+    scaled linearly to ``batch_size`` (:attr:`lr`)."""
+
+    batch_size: int = Field(ge=1, description="global batch: images per step over all processes")
+    base_lr: float = Field(gt=0, description="SGD lr at base_batch images; scaled linearly to batch_size")
+    base_batch: int = Field(ge=1)
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / self.base_batch
+
+    def process_batch(self, world_size: int) -> int:
+        """Images per process per step when ``world_size`` processes share the global batch."""
+        if self.batch_size % world_size:
+            raise ValueError(f"batch_size {self.batch_size} (the global batch) does not divide among "
+                             f"{world_size} processes")
+        return self.batch_size // world_size
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainingStageConfig:
+        self.process_batch(self.world_size)
+        return self
 
 
 def launch(module: str, cfg: DistributedStageConfig, folder: StageDir, args: list[str],

@@ -23,8 +23,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pinas.data.images import DataError, ImageFolderDataset, batch_loader, check_classes, scan_image_folder
-from pinas.data.transforms import CropFlip
+from pinas.data.images import (
+    DataError,
+    ImageList,
+    SearchHoldout,
+    TrainCrops,
+    batch_loader,
+    check_classes,
+    scan_image_folder,
+)
+from pinas.data.transforms import crop_flip
 from pinas.engine.distributed import barrier, broadcast_object, init_distributed, resolve_device, shutdown, wrap_ddp
 from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.loop import ProgressFn, TrainLoop, default_hooks
@@ -32,24 +40,28 @@ from pinas.engine.sampler import EpochBatchSampler
 from pinas.engine.schedules import set_lr, step_decay_lr
 from pinas.engine.steplog import read_step_log
 from pinas.io.stage_dirs import ProbeDir, SupernetDir
-from pinas.search.evaluation import EvaluatorConfig, build_evaluator, default_decode_size
-from pinas.stages.common import DistributedStageConfig, finished_run, launch
+from pinas.search.evaluation import EvaluatorConfig, build_evaluator
+from pinas.stages.common import TrainingStageConfig, finished_run, launch
 
 log = logging.getLogger("pinas")
 
 
-class LinearProbeConfig(DistributedStageConfig):
-    """Linear-probe training; defaults are the paper's (lr 30, momentum 0.9, no weight decay, x0.1 at 60%/80%)."""
+class LinearProbeConfig(TrainingStageConfig):
+    """Linear-probe training; defaults are the paper's (global batch 256, lr 30, momentum 0.9, no weight decay,
+    x0.1 at 60%/80%)."""
 
     epochs: float = Field(100, gt=0)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(30.0, gt=0)
+    batch_size: int = Field(256, ge=2, description="global batch: images per step over all processes (the "
+                                                   "official 32 per GPU x 8)")
+    base_lr: float = Field(30.0, gt=0, description="SGD lr at base_batch; scaled linearly to batch_size")
+    base_batch: int = Field(256, ge=1)
     momentum: float = 0.9
     weight_decay: float = 0.0
     milestones: tuple[float, ...] = Field((0.6, 0.8), description="fractions of training where lr *= lr_decay")
     lr_decay: float = 0.1
     crop_min_scale: float = Field(0.08, gt=0, le=1, description="RandomResizedCrop's smallest area fraction")
-    decode_size: int | None = None
+    holdout: SearchHoldout = Field(SearchHoldout(), description="train/ images the probe never trains on (the "
+                                                                "search scores on them)")
     device: str = "auto"
     num_workers: int = 4
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
@@ -68,8 +80,9 @@ def train_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, out
     device = resolve_device(cfg.device, info)
     model = SupernetDir(supernet_dir).load(device)
     backbone, space = model.student.backbone, model.space
-    dataset = ImageFolderDataset(train_dir, cfg.decode_size or default_decode_size(space))
-    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, info)
+    views = crop_flip(space.input_size, cfg.crop_min_scale)
+    dataset = TrainCrops(cfg.holdout.split(ImageList.scan(train_dir))[0], views.crops, cfg.seed)
+    sampler = EpochBatchSampler(len(dataset), cfg.process_batch(info.world_size), cfg.seed, info)
     total = max(1, round(cfg.epochs * sampler.batches_per_epoch))
 
     torch.manual_seed(cfg.seed)  # the same initial head on every rank
@@ -78,7 +91,7 @@ def train_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, out
     nn.init.zeros_(head.bias)
     net = wrap_ddp(head, device, info)
     optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    augment = CropFlip(space.input_size, cfg.crop_min_scale).to(device)
+    normalize = views.device.to(device)
     path_rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed * 1000 + info.rank + 1)  # per-rank augmentation stream
 
@@ -87,7 +100,7 @@ def train_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, out
         set_lr(optimizer, step_decay_lr(cfg.lr, i, total, cfg.milestones, cfg.lr_decay))
         arch = broadcast_object(space.sample(path_rng) if info.is_main else None, info)  # one path for all ranks
         with torch.no_grad():
-            features = backbone(augment(images), arch)
+            features = backbone(normalize(images), arch)
         logits = net(features)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -99,13 +112,15 @@ def train_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, out
 
     loop = TrainLoop(
         "linear probe", out_dir, total, sampler.batches_per_epoch, step,
-        lambda start: batch_loader(dataset, sampler.iter_from(start), cfg.num_workers, device.type == "cuda"),
+        lambda start: batch_loader(dataset, sampler.iter_from(start), cfg.num_workers, device.type == "cuda",
+                                   start),
         state={"head": head, "optimizer": optimizer},
         settings={**cfg.settings(), "supernet": SupernetDir(supernet_dir).manifest()["files"],
                   "train_images": len(dataset), "classes": dataset.classes},
         hooks=default_hooks(out_dir, cfg.log_every, cfg.checkpoint_every, progress), info=info, np_rng=path_rng,
         device=device, description=f"space {space.name}, {len(dataset)} images, {len(dataset.classes)} classes, "
-                                   f"{total} steps, {info.world_size} process(es), lr {cfg.lr:.4g}, device {device}")
+                                   f"{total} steps, global batch {cfg.batch_size} over {info.world_size} process(es), "
+                                   f"lr {cfg.lr:.4g}, device {device}")
     backbone.train()  # frozen weights, BN on batch statistics (the released code's norm_eval=False)
     stopped = loop.run(stop_after)
     if stopped is not None:
@@ -155,13 +170,15 @@ def run_linear_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path
 
 def probe_val_top1(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, val_dir: Path,
                    folder: ProbeDir) -> dict:
-    """Val top-1 (%) of the probe on ``cfg.val_archs`` seeded random architectures, each BN-recalibrated."""
+    """Val top-1 (%) of the probe on ``cfg.val_archs`` seeded random architectures, each BN-recalibrated on the
+    probe's training images (this is the probe's own validation; the search never scores on ``val_dir``)."""
     device = resolve_device(cfg.device)
     model = SupernetDir(supernet_dir).load(device)
     probe = folder.load(device, verify=False)  # written by this run just now; its manifest comes after this
-    ecfg = EvaluatorConfig(proxy="linear_probe", batch_size=cfg.batch_size, recal_batches=cfg.val_recal_batches,
-                           decode_size=cfg.decode_size, num_workers=cfg.num_workers, seed=cfg.seed)
-    evaluator = build_evaluator(ecfg, model, train_dir, val_dir, probe, device)
+    ecfg = EvaluatorConfig(proxy="linear_probe", batch_size=cfg.process_batch(cfg.world_size),
+                           recal_batches=cfg.val_recal_batches, num_workers=cfg.num_workers, seed=cfg.seed)
+    train = cfg.holdout.split(ImageList.scan(train_dir))[0]
+    evaluator = build_evaluator(ecfg, model, train, ImageList.scan(val_dir), probe, device)
     rng = np.random.default_rng(cfg.seed)
     accs = {model.space.format(a): evaluator(a).acc for a in (model.space.sample(rng) for _ in range(cfg.val_archs))}
     return {"val_top1_mean": round(float(np.mean(list(accs.values()))), 3), "val_top1": accs}

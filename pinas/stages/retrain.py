@@ -1,13 +1,14 @@
 """Stage 3: retrain the searched architecture from scratch as a standalone classifier (method doc section 4).
 
 The recipe is ResNeSt-50's (the Pi-NAS repo releases no retraining code, and its vendored PyTorch-Encoding trains
-ResNeSt-50 this way): SGD + cosine with warm-up, lr 0.1 per 256 images scaled with the global batch, no weight
-decay on BN and biases, label smoothing, mixup, RandAugment(2, 12), an area-0.1 random resized crop, zero-init last
-gamma. Evaluation decodes at ``input_size * 8/7`` and centre-crops ``input_size`` (top-1 / top-5 on ``val/``).
+ResNeSt-50 this way): global batch 2048, SGD + cosine with warm-up, lr 0.1 per 256 images scaled with the global
+batch, no weight decay on BN and biases, label smoothing, mixup, RandAugment(2, 12) on the full image, an area-0.1
+random resized crop (bicubic), zero-init last gamma. Evaluation decodes at ``input_size * 8/7`` and centre-crops
+``input_size`` (top-1 / top-5 on ``val/``).
 
-As in the supernet stage, images are decoded in loader workers to uint8 squares with no random work,
-and every random augmentation runs batched on the device (kornia) from the torch RNG that checkpoints capture, so a
-run killed and restarted ends with exactly the weights of an uninterrupted one.
+As in the supernet stage, the loader workers cut each training view from the full image, seeded by (seed, step,
+image), and the colour jitter and lighting run batched on the device from the torch RNG that checkpoints capture,
+so a run killed and restarted ends with exactly the weights of an uninterrupted one.
 
 Outputs (:class:`~pinas.io.stage_dirs.RetrainDir`): ``model.pt`` (tensor-only
 :class:`~pinas.models.backbone.Classifier` state dict: ``backbone.*`` is what the OpenMMLab backbone loads),
@@ -26,8 +27,8 @@ import torch
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
-from pinas.data.images import DataError, ImageFolderDataset, batch_loader, scan_image_folder
-from pinas.data.transforms import Normalize, RetrainAugment, center_crop, mixup
+from pinas.data.images import DataError, ImageFolderDataset, TrainCrops, batch_loader, scan_image_folder
+from pinas.data.transforms import Normalize, Views, center_crop, mixup, retrain_views
 from pinas.engine.distributed import (
     SINGLE_PROCESS,
     DistInfo,
@@ -46,7 +47,7 @@ from pinas.io.artifacts import ArtifactError
 from pinas.io.stage_dirs import RetrainDir, SupernetDir
 from pinas.models.backbone import Classifier, build_subnet
 from pinas.space import get_space
-from pinas.stages.common import DistributedStageConfig, StageConfig, finished_run, launch
+from pinas.stages.common import StageConfig, TrainingStageConfig, finished_run, launch
 
 log = logging.getLogger("pinas")
 OUTPUTS = RetrainDir.OUTPUTS
@@ -61,7 +62,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
 }
 
 
-class RetrainConfig(DistributedStageConfig):
+class RetrainConfig(TrainingStageConfig):
     """Hyper-parameters of retraining; the defaults are the ResNeSt-50 recipe (method doc section 4)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -70,8 +71,9 @@ class RetrainConfig(DistributedStageConfig):
     space: str = "resnest50"
     arch: str = Field("pinas-cls", description="architecture string or named arch; stored stage-grouped")
     epochs: int = Field(270, ge=1)
-    batch_size: int = Field(64, ge=1, description="images per process (64 x 32 GPUs = 2048 in the recipe)")
-    base_lr: float = Field(0.1, gt=0, description="SGD lr at base_batch; scaled linearly to the global batch")
+    batch_size: int = Field(2048, ge=1, description="global batch: images per step over all processes (the "
+                                                    "recipe's 64 per GPU x 32)")
+    base_lr: float = Field(0.1, gt=0, description="SGD lr at base_batch; scaled linearly to batch_size")
     base_batch: int = Field(256, ge=1)
     warmup_epochs: float = Field(5, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -86,7 +88,8 @@ class RetrainConfig(DistributedStageConfig):
     color_jitter: float = Field(0.4, ge=0, description="brightness/contrast/saturation jitter; 0 turns it off")
     lighting: float = Field(0.1, ge=0, description="std of AlexNet PCA lighting noise; 0 turns it off")
     input_size: int | None = Field(None, ge=16, description="training/eval crop; default: the space's input size")
-    decode_size: int | None = Field(None, description="square the loader decodes to; default input_size * 8/7")
+    decode_size: int | None = Field(None, description="evaluation: the short side is resized to this, then the "
+                                                      "centre input_size is taken; default input_size * 8/7")
     eval_every: int = Field(1, ge=0, description="epochs between val evaluations (0: only at the end)")
     init_from_supernet: bool = Field(False, description="start from the supernet's weights on the path "
                                                         "(the paper trains from scratch)")
@@ -135,10 +138,10 @@ class RetrainConfig(DistributedStageConfig):
         return self.decode_size or round(self.crop_size * 8 / 7)
 
 
-def training_augment(cfg: RetrainConfig) -> RetrainAugment:
+def training_views(cfg: RetrainConfig) -> Views:
     """The recipe's training views with this config's strengths (a zero turns a step off)."""
-    return RetrainAugment(cfg.crop_size, cfg.crop_scale, cfg.crop_ratio, cfg.randaug_n, cfg.randaug_m,
-                          cfg.color_jitter, cfg.lighting)
+    return retrain_views(cfg.crop_size, cfg.crop_scale, cfg.crop_ratio, cfg.randaug_n, cfg.randaug_m,
+                         cfg.color_jitter, cfg.lighting)
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_bn_bias_decay: bool = True) -> list[dict]:
@@ -165,10 +168,9 @@ def validate_inputs(cfg: RetrainConfig, data_dir: str | Path, supernet: str | Pa
         only_val = sorted(set(val_classes) - set(train_classes))
         raise DataError(f"data_dir {data_dir}: train/ and val/ have different classes: only in train/: "
                         f"{only_train or 'none'}, only in val/: {only_val or 'none'}")
-    global_batch = cfg.batch_size * cfg.world_size
-    if len(train) < global_batch:
+    if len(train) < cfg.batch_size:
         raise DataError(f"data_dir {data_dir}: train/ has {len(train)} images, fewer than one global batch "
-                        f"(batch_size {cfg.batch_size} x nproc {cfg.nproc} x nodes {cfg.nodes})")
+                        f"(batch_size {cfg.batch_size})")
     if cfg.init_from_supernet:
         if supernet is None:
             raise ValueError("init_from_supernet is set but no supernet artifact was given")
@@ -229,15 +231,15 @@ def train_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path,
     info = init_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
     space = get_space(cfg.space)
-    train_set = ImageFolderDataset(data_dir / "train", cfg.decode)
+    views = training_views(cfg)
+    train_set = TrainCrops(data_dir / "train", views.crops, cfg.seed)
     val_set = ImageFolderDataset(data_dir / "val", cfg.decode)
     if train_set.classes != val_set.classes:
         raise DataError(f"data_dir {data_dir}: train/ and val/ have different classes")
-    sampler = EpochBatchSampler(len(train_set), cfg.batch_size, cfg.seed, info)
+    batch = cfg.process_batch(info.world_size)
+    sampler = EpochBatchSampler(len(train_set), batch, cfg.seed, info)
     per_epoch = sampler.batches_per_epoch
     total, warmup = cfg.epochs * per_epoch, round(cfg.warmup_epochs * per_epoch)
-    global_batch = cfg.batch_size * info.world_size
-    lr = cfg.base_lr * global_batch / cfg.base_batch
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = Classifier(build_subnet(space, cfg.arch), len(train_set.classes))
@@ -247,19 +249,19 @@ def train_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path,
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = wrap_ddp(model, device, info)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.no_bn_bias_decay), lr=lr,
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.no_bn_bias_decay), lr=cfg.lr,
                                 momentum=cfg.momentum)
     amp = use_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    augment = training_augment(cfg).to(device)
+    colour = views.device.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     torch.manual_seed(cfg.seed * 1000 + info.rank + 1)  # per-rank augmentation stream
 
     def step(i: int, batch) -> dict:
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        set_lr(optimizer, cosine_lr(lr, i, total, warmup))
+        set_lr(optimizer, cosine_lr(cfg.lr, i, total, warmup))
         with torch.no_grad():
-            x, lam = mixup(augment(images), cfg.mixup)
+            x, lam = mixup(colour(images), cfg.mixup)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=amp):
@@ -279,20 +281,21 @@ def train_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path,
         if info.enabled:  # DDP syncs BN statistics at the *next* forward: evaluate (and save) rank 0's on every rank
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer, 0)
-        result = evaluate(model, val_set, cfg.crop_size, device, cfg.batch_size, info, cfg.num_workers, amp,
+        result = evaluate(model, val_set, cfg.crop_size, device, batch, info, cfg.num_workers, amp,
                           cfg.channels_last)
         return {"step": loop.step, "epoch": loop.epoch, "top1": result["top1"], "top5": result["top5"]}
 
     checkpoint_every = cfg.checkpoint_every * (per_epoch if cfg.checkpoint_unit == "epochs" else 1)
     loop = TrainLoop(
         f"retrain {space.name} {cfg.arch}", folder.path, total, per_epoch, step,
-        lambda start: batch_loader(train_set, sampler.iter_from(start), cfg.num_workers, device.type == "cuda"),
+        lambda start: batch_loader(train_set, sampler.iter_from(start), cfg.num_workers, device.type == "cuda",
+                                   start),
         state={"model": model, "optimizer": optimizer, "scaler": scaler},
         settings={**cfg.settings(), "train_images": len(train_set), "classes": train_set.classes},
         hooks=default_hooks(folder.path, cfg.log_every, checkpoint_every, progress, validate, cfg.eval_every),
         info=info, device=device,
         description=f"{len(train_set)} images, {len(train_set.classes)} classes, {total} steps ({per_epoch}/epoch), "
-                    f"global batch {global_batch}, lr {lr:.4g}, device {device}")
+                    f"global batch {cfg.batch_size}, lr {cfg.lr:.4g}, device {device}")
     model.train()
     stopped = loop.run(stop_after)
     if stopped is not None:

@@ -20,8 +20,8 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from pinas.data.images import scan_image_folder
-from pinas.data.transforms import MocoV2Views
+from pinas.data.images import ImageList, SearchHoldout, scan_image_folder
+from pinas.data.transforms import supernet_views
 from pinas.engine.distributed import resolve_device
 from pinas.io.stage_dirs import ProbeDir, RetrainDir, StudyDir, SupernetDir
 from pinas.models.supernet_pi import Objective
@@ -87,14 +87,16 @@ class StudyScoreConfig(StageConfig):
     seeds: list[int]
     proxies: list[ProxyName]
     evaluator: EvaluatorConfig
+    holdout: SearchHoldout = SearchHoldout()
     bootstrap: int = 1000
     seed: int = 0
 
 
-def run_study(cfg: StudyScoreConfig, supernet_dir: Path, train_dir: Path, val_dir: Path,
-              retrains: Mapping[str, Sequence[Path]], out_dir: Path, probe_dir: Path | None = None) -> dict:
+def run_study(cfg: StudyScoreConfig, supernet_dir: Path, train_dir: Path, retrains: Mapping[str, Sequence[Path]],
+              out_dir: Path, probe_dir: Path | None = None) -> dict:
     """Score ``cfg.archs`` with every proxy of ``cfg`` and correlate with the retrained top-1.
 
+    The proxies score as the search does: on ``cfg.holdout`` of ``train_dir``, recalibrating on the rest.
     ``retrains`` maps each architecture to its finished retrain folders (one per seed, in ``cfg.seeds`` order).
     """
     folder = StudyDir(out_dir)
@@ -120,11 +122,12 @@ def run_study(cfg: StudyScoreConfig, supernet_dir: Path, train_dir: Path, val_di
     if "linear_probe" in cfg.proxies and probe_dir is None:
         raise ValueError("study: the linear_probe proxy needs the linear_probe stage's folder")
     probe = ProbeDir(probe_dir).load(device) if "linear_probe" in cfg.proxies else None
-    views = MocoV2Views.from_settings(space.input_size, supernet_cfg)
+    views = supernet_views(space.input_size, supernet_cfg, views=1)
+    images = cfg.holdout.split(ImageList.scan(train_dir))
     scores: dict[str, dict[str, float]] = {}
     for proxy in cfg.proxies:
-        evaluator = build_evaluator(cfg.evaluator.model_copy(update={"proxy": proxy}), model, train_dir, val_dir,
-                                    probe, device, views)
+        evaluator = build_evaluator(cfg.evaluator.model_copy(update={"proxy": proxy}), model, *images, probe,
+                                    device, views)
         scores[proxy] = {e.arch: e.score for e in evaluator.evaluate_many(cfg.archs)}
         log.info("study %s: scored %d architectures with %s", cfg.objective, len(cfg.archs), proxy)
     cost = cost_model(space, len(scan_image_folder(train_dir)[1]))

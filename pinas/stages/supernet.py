@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from pinas.data.images import ImageFolderDataset, batch_loader
-from pinas.data.transforms import CropFlip, FourViews, MocoV2Views
+from pinas.data.images import ImageList, SearchHoldout, TrainCrops, batch_loader
+from pinas.data.transforms import crop_flip, supernet_views
 from pinas.engine.distributed import (
     SINGLE_PROCESS,
     DistInfo,
@@ -40,22 +40,25 @@ from pinas.io.stage_dirs import SupernetDir
 from pinas.models.backbone import PiNASBackbone
 from pinas.models.supernet_pi import Objective, PathClassifier, SupernetPi, TwoPathStudent, zero_off_path_grads
 from pinas.space import Arch, get_space
-from pinas.stages.common import DistributedStageConfig, finished_run, launch
+from pinas.stages.common import TrainingStageConfig, finished_run, launch
 
 log = logging.getLogger("pinas")
 StepHook = Callable[[int, Arch, Arch], None]
 
 
-class SupernetConfig(DistributedStageConfig):
+class SupernetConfig(TrainingStageConfig):
     """Hyper-parameters of supernet-Pi training; defaults are the paper's (method doc 2.5-2.7)."""
 
     space: str = "resnest50"
     objective: Objective = Field(
-        "pi", description="pi: cross-path contrast (the method); same_path: MoCo contrast within one path (no "
-                          "cross-path term); spos: single path, supervised cross-entropy on the labels (SPOS)")
+        "pi", description="pi: cross-path contrast (the method); same_path: MoCo contrast within one path, the "
+                          "same step on the pair (alpha, alpha) (pinas's no-cross-path baseline); spos: SPOS's "
+                          "single-path sampling, supervised cross-entropy on the labels, with the Pi recipe "
+                          "(lr, decay, views, epochs), not SPOS's own")
     epochs: float = Field(100, gt=0, description="passes over the training images")
-    batch_size: int = Field(24, ge=2, description="images per process (each gives 4 views)")
-    base_lr: float = Field(0.03, gt=0, description="SGD lr at base_batch; scaled linearly to the global batch")
+    batch_size: int = Field(192, ge=2, description="global batch: images per step over all processes (each gives "
+                                                   "4 views); the paper's 24 per GPU x 8")
+    base_lr: float = Field(0.03, gt=0, description="SGD lr at base_batch; scaled linearly to batch_size")
     base_batch: int = Field(192, ge=1)
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -64,12 +67,17 @@ class SupernetConfig(DistributedStageConfig):
     queue_size: int = Field(49152, ge=1)
     feature_dim: int = 128
     projector_hidden: int = 2048
-    decode_size: int | None = Field(None, description="square the loader decodes to; default input_size * 8/7")
+    shuffle_bn_splits: int = Field(8, ge=1, description="in one process: the teacher normalises its keys over "
+                                   "this many shuffled sub-batches (MoCo's shuffle-BN; 8 sub-batches of the "
+                                   "paper's 192 are its 24 per GPU); under torchrun the processes are the "
+                                   "sub-batches")
     crop_min_scale: float = Field(0.2, gt=0, le=1, description="smallest crop area of RandomResizedCrop")
     color_jitter: float = Field(0.4, ge=0, description="brightness/contrast/saturation jitter strength")
     hue: float = Field(0.4, ge=0, le=0.5, description="hue jitter (OpenSelfSup's MoCo v2 uses 0.4)")
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_p: float = Field(0.5, ge=0, le=1)
+    holdout: SearchHoldout = Field(SearchHoldout(), description="train/ images the supernet never trains on (the "
+                                                                "search scores on them)")
     amp: Literal["auto", "on", "off"] = "auto"
     channels_last: bool = False
     device: str = "auto"
@@ -81,17 +89,20 @@ class SupernetConfig(DistributedStageConfig):
     @model_validator(mode="after")
     def _check(self) -> SupernetConfig:
         get_space(self.space)
-        global_batch = self.batch_size * self.world_size
-        if self.queue_size % global_batch:
-            raise ValueError(f"queue_size {self.queue_size} must be a multiple of the global batch "
-                             f"batch_size*nproc*nodes = {global_batch}")
+        if self.queue_size % self.batch_size:
+            raise ValueError(f"queue_size {self.queue_size} must be a multiple of the global batch batch_size "
+                             f"{self.batch_size}")
+        if self.world_size == 1 and self.objective != "spos" and self.batch_size < 2 * self.shuffle_bn_splits:
+            raise ValueError(f"shuffle_bn_splits {self.shuffle_bn_splits} leaves sub-batches of fewer than 2 of the "
+                             f"batch_size {self.batch_size} images (BN needs 2); use fewer splits")
         return self
 
 
-def four_views(views: MocoV2Views, images: torch.Tensor, channels_last: bool = False) -> tuple[torch.Tensor, ...]:
-    """Four independently augmented views of every image, made in one batched call on the device."""
+def four_views(colour: torch.nn.Module, crops: torch.Tensor, channels_last: bool = False) -> tuple[torch.Tensor, ...]:
+    """The four views of every image: the loader's ``(N, 4, 3, H, W)`` uint8 crops through the device's colour ops
+    in one batched call, returned view by view."""
     with torch.no_grad():
-        x = FourViews(views)(images)
+        x = colour(crops)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return tuple(x.chunk(4))
@@ -156,30 +167,31 @@ def train_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress
     info = init_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
     space = get_space(cfg.space)
-    dataset = ImageFolderDataset(train_dir, cfg.decode_size or round(space.input_size * 8 / 7))
-    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, info)
-    total = max(1, round(cfg.epochs * sampler.batches_per_epoch))
-    global_batch = cfg.batch_size * info.world_size
-    lr = cfg.base_lr * global_batch / cfg.base_batch
-
+    images, held = cfg.holdout.split(ImageList.scan(train_dir))
     spos = cfg.objective == "spos"
+    views = crop_flip(space.input_size, cfg.crop_min_scale) if spos else \
+        supernet_views(space.input_size, cfg.model_dump())
+    dataset = TrainCrops(images, views.crops, cfg.seed)
+    sampler = EpochBatchSampler(len(dataset), cfg.process_batch(info.world_size), cfg.seed, info)
+    total = max(1, round(cfg.epochs * sampler.batches_per_epoch))
+
     if spos and len(dataset.classes) < 2:
         raise ValueError(f"supernet.objective spos trains on labels: {train_dir} has {len(dataset.classes)} class")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = SupernetPi(PiNASBackbone(space), cfg.projector_hidden, cfg.feature_dim, cfg.queue_size,
-                       cfg.temperature, cfg.ema_momentum, len(dataset.classes) if spos else None).to(device)
+                       cfg.temperature, cfg.ema_momentum, len(dataset.classes) if spos else None,
+                       cfg.shuffle_bn_splits).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if spos:
         student = wrap_ddp(PathClassifier(model.student.backbone, model.classifier), device, info,
                            find_unused_parameters=True)
-        augment = CropFlip(space.input_size, cfg.crop_min_scale).to(device)
     else:
         student = wrap_ddp(TwoPathStudent(model.student), device, info, find_unused_parameters=True)
-        augment = MocoV2Views.from_settings(space.input_size, cfg.model_dump()).to(device)
+    colour = views.device.to(device)
     optimizer = torch.optim.SGD(list(model.student.parameters()) + (list(model.classifier.parameters()) if spos
                                                                     else []),
-                                lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                                lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp = use_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     path_rng = np.random.default_rng(cfg.seed)
@@ -193,29 +205,31 @@ def train_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress
         return arch, arch
 
     def step(i: int, batch) -> dict:
-        images = batch[0].to(device, non_blocking=True)
-        set_lr(optimizer, cosine_lr(lr, i, total))
+        crops = batch[0].to(device, non_blocking=True)
+        set_lr(optimizer, cosine_lr(cfg.lr, i, total))
         alpha, beta = broadcast_object(draw_paths() if info.is_main else None, info)
         if on_step:
             on_step(i, alpha, beta)
         if spos:
-            x = augment(images)
+            with torch.no_grad():
+                x = colour(crops)
             x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
             loss = spos_step(model, student, optimizer, scaler, x, batch[1].to(device), alpha, amp)
         else:  # same_path is pi_step on the pair (alpha, alpha): each query's positive is the same path's key
-            loss = pi_step(model, student, optimizer, scaler, four_views(augment, images, cfg.channels_last),
+            loss = pi_step(model, student, optimizer, scaler, four_views(colour, crops, cfg.channels_last),
                            alpha, beta, info, amp)
-        return {"loss": loss, "images": images.shape[0] * info.world_size, "lr": optimizer.param_groups[0]["lr"]}
+        return {"loss": loss, "images": crops.shape[0] * info.world_size, "lr": optimizer.param_groups[0]["lr"]}
 
     loop = TrainLoop(
         "supernet-Pi", out_dir, total, sampler.batches_per_epoch, step,
-        lambda start: batch_loader(dataset, sampler.iter_from(start), cfg.num_workers, device.type == "cuda"),
+        lambda start: batch_loader(dataset, sampler.iter_from(start), cfg.num_workers, device.type == "cuda",
+                                   start),
         state={"model": model, "optimizer": optimizer, "scaler": scaler},
         settings={**cfg.settings(), "train_images": len(dataset), "classes": dataset.classes},
         hooks=default_hooks(out_dir, cfg.log_every, cfg.checkpoint_every, progress), info=info, np_rng=path_rng,
-        device=device, description=f"space {space.name}, {len(dataset)} images, {total} steps "
-                                   f"({sampler.batches_per_epoch}/epoch), global batch {global_batch}, lr {lr:.4g}, "
-                                   f"device {device}")
+        device=device, description=f"space {space.name}, {len(dataset)} images ({len(held)} "
+                                   f"more held out for the search), {total} steps ({sampler.batches_per_epoch}/"
+                                   f"epoch), global batch {cfg.batch_size}, lr {cfg.lr:.4g}, device {device}")
     model.train()
     stopped = loop.run(stop_after)
     if stopped is not None:
