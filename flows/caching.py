@@ -1,7 +1,12 @@
 """Stage caching for the Prefect flow: keys from configs and upstream digests, verified before they are trusted.
 
-A stage's cache key is the sha256 of (stage name, its config, the manifest digests of its upstream stages and the
-dataset fingerprints, the pinas version). The key also names the stage's folder, ``<run root>/stages/<stage>-<key>``,
+A stage's cache key is the sha256 of (stage name, the settings its result depends on, the content digests of the
+upstream files it reads and the dataset fingerprints, the pinas version). The settings are
+:func:`~pinas.stages.common.result_settings` of its config, the rule its checkpoints are checked against too, so a
+runtime-only change (workers, logging, the device) is a cache hit or a resume in the same folder. The upstream
+digests are each stage folder's :meth:`~pinas.io.stage_dirs.StageDir.handoff_digest` (its hand-off files' content,
+not its manifest, which holds wall times), so a stage rebuilt byte-identical keeps every later stage cached. The key
+also names the stage's folder, ``<run root>/stages/<stage>-<key>``,
 so two configs sharing a run root never touch each other's files, and a crashed run started again with the same
 config lands in the same folder and resumes from its checkpoints.
 
@@ -21,9 +26,12 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from pydantic import BaseModel
 
 from pinas import __version__
-from pinas.io.artifacts import ArtifactError, read_manifest, sha256_file, verify_manifest
+from pinas.io.artifacts import ArtifactError, verify_manifest
+from pinas.io.stage_dirs import StageDir
+from pinas.stages.common import result_settings
 
 log = logging.getLogger("pinas")
 RESULTS_DIR = "results"
@@ -31,9 +39,9 @@ STAGES_DIR = "stages"
 
 
 def stage_key(stage: str, config: Any, upstream: dict[str, Any]) -> str:
-    """sha256 over the stage name, its config (as JSON), upstream digests and the pinas version."""
-    if hasattr(config, "model_dump"):
-        config = config.model_dump(mode="json")
+    """sha256 over the stage name, its result settings, upstream digests and the pinas version."""
+    if isinstance(config, BaseModel):
+        config = result_settings(type(config), config.model_dump(mode="json"))
     payload = {"stage": stage, "config": config, "upstream": upstream, "pinas_version": __version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -43,15 +51,14 @@ def stage_dir(run_root: str | Path, stage: str, key: str) -> Path:
 
 
 def upstream_digests(upstream: dict[str, dict]) -> dict[str, str]:
-    """What of an upstream record enters a key: its manifest digest (stages) or fingerprint (datasets)."""
-    return {name: rec.get("manifest_sha256") or rec.get("fingerprint") for name, rec in sorted(upstream.items())}
+    """What of an upstream record enters a key: its hand-off content digest (stages) or fingerprint (datasets)."""
+    return {name: rec.get("handoff_sha256") or rec.get("fingerprint") for name, rec in sorted(upstream.items())}
 
 
-def stage_record(stage: str, folder: Path, key: str) -> dict[str, Any]:
-    """The small record a task returns: where the stage lives, its file digests, its metrics."""
-    manifest = read_manifest(folder)
-    return {"stage": stage, "dir": str(folder), "key": key,
-            "manifest_sha256": sha256_file(folder / "manifest.json"),
+def stage_record(stage: str, folder: StageDir, key: str) -> dict[str, Any]:
+    """The small record a task returns: where the stage lives, its files, its metrics, its hand-off digest."""
+    manifest = folder.manifest()
+    return {"stage": stage, "dir": str(folder.path), "key": key, "handoff_sha256": folder.handoff_digest(),
             "files": {rel: str(folder / rel) for rel in manifest["files"]}, "metrics": manifest.get("metrics", {})}
 
 

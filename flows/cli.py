@@ -2,10 +2,13 @@
 
     pinas-pipeline run [--config FILE.yaml] [--profile demo|paper] [--run-dir DIR] [--set section.key=value ...]
     pinas-pipeline study [--supernets pi,same_path,spos] [--archs N] [same options as run]
+    pinas-pipeline bench transnas [--runs 300] [--budgets 25,50,100,200] [--strategies ...] [--out DIR]
+    pinas-pipeline latency-table [--space demo] [--batch 1] [--threads 1] [--provider ...] [--out FILE.json]
 
 Without a configured Prefect server (``PREFECT_API_URL``), Prefect starts a temporary local API for the run.
-Bad input (YAML, unknown keys, wrong types, missing dataset folders, an unwritable run root) is reported in one
-message naming the field or file, with exit code 2, before anything is trained or written.
+Bad input (YAML, unknown keys, wrong types, missing dataset folders, an unwritable run root, settings the data
+cannot satisfy) is reported in one message naming the field or file, with exit code 2, before Prefect is started
+and before anything is trained.
 """
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ import yaml
 import flows  # noqa: F401  (sets Prefect's environment before Prefect is imported)
 from flows import early_api
 from pinas.config import ConfigError, load_config, needed_datasets
-from pinas.data.sources import DatasetError, check_folders
+from pinas.data.images import DataError
+from pinas.data.sources import check_folders, resolve_datasets
 from pinas.io.artifacts import RunRootError, check_writable_dir
 from pinas.io.locking import FolderBusyError
-from pinas.preflight import PreflightError
+from pinas.preflight import PreflightError, check_run, check_study
 from pinas.space import ArchError
+from pinas.stages.graph import BY_NAME, step_names
 
 EXIT_BAD_INPUT = 2
 EXIT_STAGE_FAILED = 1
@@ -51,15 +56,6 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-#: the metrics worth a line in the terminal (everything is in last_run.json and the stage manifests)
-HEADLINE = {"supernet": ("first_loss", "final_loss"), "linear-probe": ("val_top1",),
-            "search": ("best_arch", "best_score", "random_population_median_score"), "retrain": ("top1", "top5"),
-            "transfer-coco": ("coco/bbox_mAP", "coco/segm_mAP", "wall_time_s", "peak_rss_mib"),
-            "transfer-ade20k": ("mIoU", "aAcc", "wall_time_s", "peak_rss_mib"),
-            "transfer-cityscapes": ("mIoU", "aAcc", "wall_time_s", "peak_rss_mib"),
-            "export": ("parity_max_abs_diff", "top1_agreement", "latency_ratio_b1", "latency_ratio_b32")}
-
-
 def _print_summary(summary: dict[str, Any]) -> None:
     if "node_rank" in summary:  # a follower node: node 0 prints the results
         print(f"\npinas {summary['pinas_version']} — node {summary['node_rank']} joined "
@@ -67,7 +63,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         return
     print(f"\npinas {summary['pinas_version']} — profile {summary['profile']} — run root {summary['run_root']}")
     for name, record in summary["stages"].items():
-        shown = {k: record["metrics"][k] for k in HEADLINE.get(name, ()) if k in record["metrics"]}
+        # the metrics worth a line in the terminal (everything is in last_run.json and the stage manifests)
+        shown = {k: record["metrics"][k] for k in BY_NAME[record["kind"]].headline if k in record["metrics"]}
         print(f"  {name:<20} {summary['seconds'].get(name, 0):>8.1f} s  {record['dir']}")
         if shown:
             print(f"  {'':<20} {json.dumps(shown)}")
@@ -87,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.profile, overrides)
     check_writable_dir(args.run_dir)
     check_folders(config.data, needed_datasets(config))
+    check_run(config, resolve_datasets(config.data, args.run_dir, needed_datasets(config)), args.run_dir)
+    early_api.start()  # the input is good: the temporary API comes up while the pipeline is imported
     from flows.pipeline import StagesFailed, pinas_pipeline  # imports Prefect: once the config is known to be good
 
     try:
@@ -104,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def with_prefect_api(run_flow):
     """``run_flow()``, with Prefect's failure to start its temporary API turned into one line saying what to do."""
-    early_api.wait()  # begun by the pinas-pipeline entry point, if it was
+    early_api.wait()  # begun once the input was checked, if it was
     try:
         return run_flow()
     except RuntimeError as exc:
@@ -132,8 +131,13 @@ def cmd_study(args: argparse.Namespace) -> int:
         archs = study_architectures(config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    print(f"pinas-pipeline study: {len(archs)} architectures x {len(config.study.seeds)} seed(s), supernets "
+    count = f"{len(archs)} architectures" if archs is not None else \
+        f"{config.study.archs} architectures (picked by the search proxy once the first supernet is trained)"
+    datasets = resolve_datasets(config.data, args.run_dir, ("imagenet",))
+    check_study(config, Path(datasets["imagenet"]["path"]))  # before Prefect starts, as a run's pre-flight
+    print(f"pinas-pipeline study: {count} x {len(config.study.seeds)} seed(s), supernets "
           f"{', '.join(config.study.supernets)}")
+    early_api.start()
     from flows.study import pinas_study
 
     summary = with_prefect_api(lambda: pinas_study(**flow_parameters(args, config.profile, overrides)))
@@ -162,10 +166,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from flows.status import format_rows, run_status
 
-    config = load_config(args.config, args.profile)
-    wanted = [s for s in config.stages if s != "transfer"] + (
-        [f"transfer-{t}" for t in config.transfer.enabled()] if "transfer" in config.stages else [])
-    rows = run_status(args.run_dir, wanted)
+    rows = run_status(args.run_dir, step_names(load_config(args.config, args.profile)))
     print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0
 
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     rank = sub.add_parser("rank", help="Kendall tau / Spearman rho between two score files",
                           add_help=False)
+    bench = sub.add_parser("bench", help="search strategies on ground truth: bench transnas (TransNAS-Bench-101)",
+                           add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="see pinas-pipeline bench transnas --help")
     rank.add_argument("args", nargs=argparse.REMAINDER, help="see pinas-pipeline rank --help")
     serve = sub.add_parser("serve", help="serve the pipeline as a long-running deployment (needs a Prefect server)")
     serve.add_argument("--name", default="served", help="deployment name (pinas-pipeline/<name>)")
@@ -224,13 +228,24 @@ def main(argv: list[str] | None = None) -> int:
         from pinas.search.ranking import main as rank_main
 
         return rank_main(argv[1:]) or 0
+    if argv[:1] == ["latency-table"]:  # its own parser: a measurement, no Prefect
+        from pinas.deploy.latency_table import main as latency_table_main
+
+        return latency_table_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        if argv[1:2] != ["transnas"]:
+            print("pinas-pipeline bench: name the benchmark: pinas-pipeline bench transnas [--help]", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        from pinas.bench.transnas import main as bench_main
+
+        return bench_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, ArchError, RunRootError, FolderBusyError, FileExistsError, PreflightError,
+    except (ConfigError, DataError, ArchError, RunRootError, FolderBusyError, FileExistsError, PreflightError,
             NoPrefectAPI) as exc:
         print(f"pinas-pipeline: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

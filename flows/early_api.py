@@ -2,9 +2,10 @@
 
 Without ``PREFECT_API_URL`` (environment or Prefect profile), the first Prefect client call of a run starts a
 temporary API server and waits for it: about 2 s importing the server code, then about 3 s until the subprocess
-answers, all of it before the first task, and the largest part of a cached re-run. :func:`start`, the first thing
-``pinas-pipeline run`` / ``study`` do, imports the server code and starts the server from a thread, so its
-subprocess comes up on the other core while this process imports torch and the pipeline and checks the input;
+answers, all of it before the first task, and the largest part of a cached re-run. :func:`start`, called by
+``pinas-pipeline run`` / ``study`` once their input is checked (bad input never waits for a server), imports the
+server code and starts the server from a thread, so its subprocess comes up on the other core while this process
+imports the pipeline;
 :func:`wait` joins the thread before the flow is called. Prefect keeps one such server per process
 (``SubprocessASGIServer()`` is a singleton) and stops it at exit, so the flow's client finds it running and nothing
 else changes. A failed start is left to the flow's own call, which raises the error

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +34,17 @@ from flows.ui import (
     route_library_logs,
 )
 from pinas import __version__
-from pinas.config import SEARCHED, PipelineConfig, Profile, StageName, needed_datasets
+from pinas.config import PipelineConfig, Profile, StageName, needed_datasets
 from pinas.data.sources import resolve_datasets
 from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.placement import DevicePool
 from pinas.io.artifacts import atomic_write_json, check_writable_dir, publish_copy
 from pinas.io.locking import hold
-from pinas.io.stage_dirs import ExportDir, ProbeDir, RetrainDir, SearchDir, SupernetDir, TransferDir
+from pinas.io.stage_dirs import ExportDir, RetrainDir, SearchDir, TransferDir
 from pinas.paper import compare_rows
 from pinas.preflight import check_run
-from pinas.stages.export import run_export
-from pinas.stages.linear_probe import run_linear_probe
-from pinas.stages.retrain import run_retrain
-from pinas.stages.search import run_search
-from pinas.stages.supernet import run_supernet
-from pinas.stages.transfer import run_transfer_stage
+from pinas.stages.common import StageContext
+from pinas.stages.graph import BY_NAME, Step, inputs_from, plan, with_arch
 
 log = logging.getLogger("pinas")
 EXPORTS_DIR = Path(os.environ.get("PINAS_EXPORTS_DIR", "exports"))
@@ -69,12 +66,6 @@ def stage_path(record: dict, *parts: str) -> Path:
     return Path(record["path"], *parts)
 
 
-def finish_stage(stage: str, title: str, folder: Path, key: str) -> dict:
-    record = stage_record(stage, folder, key)
-    publish_markdown(f"{stage}-summary", metrics_markdown(title, record), f"{title} summary")
-    return record
-
-
 @task(name="data", cache_policy=NO_CACHE)
 def data_task(config: Any, run_root: str, needed: tuple[str, ...]) -> dict[str, dict]:
     """Generate the demo datasets, or check the user's folders; returns paths and fingerprints."""
@@ -87,95 +78,45 @@ def preflight_task(config: Any, datasets: dict[str, dict], run_root: str) -> Non
     check_run(config, datasets, Path(run_root))
 
 
-@task(name="supernet", **STAGE_TASK)
-def supernet_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
-                  nodes: Nodes = SINGLE_NODE) -> dict:
-    """Stage 1: unsupervised supernet-Pi training."""
-    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
-        run_supernet(config, stage_path(upstream["imagenet"], "train"), folder, progress, nodes)
-        publish_training_curves(stage, f"Supernet training ({config.objective})", folder / SupernetDir.STEP_LOG)
-        return finish_stage(stage, "Supernet-Pi training", folder, key)
-
-
-@task(name="linear-probe", **STAGE_TASK)
-def probe_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str, nodes: Nodes = SINGLE_NODE) -> dict:
-    """The shared linear classifier on the frozen supernet (needed by the linear-probe proxy)."""
-    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
-        imagenet = upstream["imagenet"]
-        run_linear_probe(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"), folder,
-                         stage_path(imagenet, "val"), progress, nodes)
-        publish_training_curves(stage, "Linear probe on the frozen supernet", folder / ProbeDir.STEP_LOG)
-        return finish_stage(stage, "Linear probe", folder, key)
-
-
-@task(name="search", **STAGE_TASK)
-def search_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
-                nodes: Nodes = SINGLE_NODE) -> dict:
-    """Stage 2: evolutionary search on the trained supernet."""
-    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
-        imagenet = upstream["imagenet"]
-        probe = Path(upstream["probe"]["dir"]) if "probe" in upstream else None
-        run_search(config, Path(upstream["supernet"]["dir"]), stage_path(imagenet, "train"), folder, probe, progress,
-                   rendezvous=nodes)
-        record = finish_stage(stage, "Evolutionary search", folder, key)
-        result = SearchDir(folder).result()
-        publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
-                                       for c in result["top_k"]], "search: top-k candidates (params, MACs, proxy)")
-        publish_images("search-plots", "Search plots", {"fitness per generation": folder / SearchDir.FITNESS_PLOT,
-                                                         "Pareto front": folder / SearchDir.PARETO_PLOT},
-                       "search: fitness per generation and the Pareto front")
+@task(name="stage", **STAGE_TASK)
+def stage_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str, kind: str,
+               nodes: Nodes = SINGLE_NODE, devices: int = 0) -> dict:
+    """One stage of the table (:data:`pinas.stages.graph.STAGES`, row ``kind``) in its keyed folder; ``upstream``
+    holds the records of the stages and datasets it reads, ``devices`` > 0 leases that many of the node's pool."""
+    row = BY_NAME[kind]
+    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress, \
+            lease(run_root, devices, getattr(config, "nproc", None) or 1) as env:
+        row.run(config, inputs_from(upstream), folder, StageContext(progress, nodes, env))
+        record = {**stage_record(stage, row.folder(folder), key), "kind": kind}
+        if row.per_task:
+            record["task"] = next(name for name, rec in upstream.items() if "fingerprint" in rec)
         return record
 
 
-@task(name="retrain", **STAGE_TASK)
-def retrain_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str,
-                 nodes: Nodes = SINGLE_NODE) -> dict:
-    """Stage 3: the chosen architecture trained from scratch on ImageNet-format data."""
-    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress:
-        run_retrain(config, Path(upstream["imagenet"]["path"]), folder, progress, rendezvous=nodes)
-        publish_training_curves(stage, f"Retraining {config.arch}", folder / RetrainDir.STEP_LOG)
-        record = finish_stage(stage, "Retraining", folder, key)
-        publish_table("retrain-vs-paper", compare_rows("retrain", record["metrics"], config.space, config.arch),
-                      "retrain vs the paper")
-        return record
+@contextlib.contextmanager
+def lease(run_root: str, devices: int, processes: int) -> Iterator[dict[str, str]]:
+    """The environment that pins a stage's ``processes`` to ``devices`` of the node's pool (none: no pinning)."""
+    if not devices:
+        yield {}
+        return
+    pool = DEVICE_POOLS[run_root]
+    with pool.lease(devices) as ids:
+        log.info("%s devices %s", pool.kind, ids)
+        yield pool.env(ids, processes)
 
 
-@task(name="transfer", **STAGE_TASK)
-def transfer_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str, devices: int = 1) -> dict:
-    """Stage 4: one OpenMMLab downstream task on the retrained backbone, on ``devices`` of the node's pool."""
-    with claim(stage, config, upstream, run_root) as (key, folder), DEVICE_POOLS[run_root].lease(devices) as ids:
-        name = stage.split("-", 1)[1]
-        log.info("%s: %s devices %s", stage, DEVICE_POOLS[run_root].kind, ids)
-        run_transfer_stage(name, config, Path(upstream["retrain"]["dir"]), Path(upstream[name]["path"]), folder,
-                           env=DEVICE_POOLS[run_root].env(ids, config.nproc))
-        record = finish_stage(stage, f"Transfer: {name}", folder, key)
-        retrained = RetrainDir(upstream["retrain"]["dir"]).model_config()
-        publish_table(f"{stage}-vs-paper", compare_rows(name, record["metrics"], retrained["space"],
-                                                        retrained["arch"]), f"{name} vs the paper")
-        return record
+def run_stage(name: str, kind: str, config: Any, upstream: dict[str, dict], root: str, nodes: Nodes = SINGLE_NODE,
+              devices: int = 0, submit: bool = False):
+    """The stage task of table row ``kind`` as ``name`` in the UI: its record or, with ``submit``, its future."""
+    cached = stage_task.with_options(name=name, result_storage=Path(root) / RESULTS_DIR)
+    args = (name, config, upstream, root, kind, nodes, devices)
+    return cached.submit(*args) if submit else cached(*args)
 
 
-@task(name="export", **STAGE_TASK)
-def export_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str) -> dict:
-    """Stage 5: ONNX export, onnxruntime parity and latency, model card."""
-    with claim(stage, config, upstream, run_root) as (key, folder):
-        transfers = {name.split("-", 1)[1]: rec["metrics"] for name, rec in upstream.items()
-                     if name.startswith("transfer-")}
-        manifest = run_export(config, Path(upstream["retrain"]["dir"]), Path(upstream["imagenet"]["path"]), folder,
-                              transfers)
-        record = finish_stage(stage, "ONNX export", folder, key)
-        # the deployable files, also where people look for them: exports/<run root>-<key>/
-        published = publish_copy(folder, [*manifest["files"], "manifest.json"],
-                                 EXPORTS_DIR / f"{Path(run_root).name}-{key[:8]}")
-        record["published"] = str(published)
-        publish_markdown("model-card", ExportDir(folder).card_markdown(), "model card")
-        return record
-
-
-def retrain_config(config: PipelineConfig, search: dict | None) -> Any:
-    """The retrain section with the architecture the pipeline chose (the searched best, or ``config.arch``)."""
-    arch = search["metrics"]["best_arch"] if config.arch == SEARCHED else config.arch
-    return type(config.retrain).model_validate({**config.retrain.model_dump(), "arch": arch})  # canonical form
+def step_upstream(step: Step, records: dict[str, dict], datasets: dict[str, dict]) -> dict[str, dict]:
+    """The records a step reads: its upstream stages (those that finished) and its datasets."""
+    return {**{name: records[name] for name in step.reads if name in records},
+            **{name: datasets[name] for name in step.datasets}}
 
 
 @flow(name="pinas-pipeline", log_prints=True)
@@ -234,7 +175,7 @@ def device_pool(config: PipelineConfig) -> DevicePool:
     """This node's GPUs (``devices`` of them) when the transfers run on CUDA, else its CPU cores."""
     import torch
 
-    if torch.cuda.is_available():
+    if config.transfer.kind() == "cuda":
         if torch.cuda.device_count() < config.devices:
             raise ValueError(f"devices = {config.devices}, but this node has {torch.cuda.device_count()} GPU(s)")
         return DevicePool(config.devices, "cuda")
@@ -253,93 +194,112 @@ def join_as_follower(config: PipelineConfig, root: str, poll_s: float = 1.0,
                      timeout_s: float = 3600.0) -> dict[str, Any]:
     """The pipeline on a node other than 0: its processes join each distributed stage, node 0 writes the results.
 
-    The run root and the data must be on a filesystem all nodes share. For each distributed stage in order this
-    computes the stage's folder exactly as node 0 does (same config, same upstream digests), joins the torchrun job,
-    then waits for node 0's manifest before the next stage (whose inputs it is). Transfers and export run on node 0.
+    The run root and the data must be on a filesystem all nodes share. For each distributed stage of the table in
+    order this computes the stage's folder exactly as node 0 does (same settings, same upstream content), joins the
+    torchrun job, then waits for node 0's manifest before the next stage (whose inputs it is). The other stages
+    (transfers, export) run on node 0.
     """
     datasets = resolve_datasets(config.data, Path(root), ("imagenet",))
-    imagenet, records = datasets["imagenet"], {}
-
-    def join(stage: str, stage_cfg: Any, upstream: dict[str, dict], launch) -> dict:
-        folder = stage_dir(root, stage, key := stage_key(stage, stage_cfg, upstream_digests(upstream)))
-        log.info("node %d joins %s in %s", config.nodes.rank, stage, folder)
-        launch(folder)
+    records: dict[str, dict] = {}
+    for step in plan(config):
+        if not step.stage.distributed:
+            continue
+        step = with_arch(step, config, records)
+        upstream = step_upstream(step, records, datasets)
+        folder = stage_dir(root, step.name, key := stage_key(step.name, step.config, upstream_digests(upstream)))
+        log.info("node %d joins %s in %s", config.nodes.rank, step.name, folder)
+        step.stage.run(step.config, inputs_from(upstream), folder, StageContext(nodes=config.nodes))
         deadline = time.monotonic() + timeout_s
         while not (folder / "manifest.json").is_file():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"node 0 wrote no manifest in {folder} within {timeout_s:.0f} s")
             time.sleep(poll_s)
-        records[stage] = stage_record(stage, folder, key)
-        return records[stage]
-
-    nodes, train, val = config.nodes, stage_path(imagenet, "train"), stage_path(imagenet, "val")
-    up = {"imagenet": imagenet}
-    if "supernet" in config.stages:
-        join("supernet", config.supernet, up, lambda f: run_supernet(config.supernet, train, f, rendezvous=nodes))
-    if "search" in config.stages:
-        sup = {**up, "supernet": records["supernet"]}
-        probe = None
-        if config.search.evaluator.proxy == "linear_probe":
-            probe = join("linear-probe", config.linear_probe, sup, lambda f: run_linear_probe(
-                config.linear_probe, Path(records["supernet"]["dir"]), train, f, val, rendezvous=nodes))
-            sup["probe"] = probe
-        join("search", config.search, sup, lambda f: run_search(
-            config.search, Path(records["supernet"]["dir"]), train, f, Path(probe["dir"]) if probe else None,
-            rendezvous=nodes))
-    if "retrain" in config.stages:
-        cfg = retrain_config(config, records.get("search"))
-        join("retrain", cfg, up, lambda f: run_retrain(cfg, Path(imagenet["path"]), f, rendezvous=nodes))
-    return {"pinas_version": __version__, "node_rank": nodes.rank, "run_root": root, "stages": records}
+        records[step.name] = stage_record(step.name, step.stage.folder(folder), key)
+    return {"pinas_version": __version__, "node_rank": config.nodes.rank, "run_root": root, "stages": records}
 
 
 def run_stages(config: PipelineConfig, root: str):
-    """The stages of ``config.stages`` in order, each a cached task.
+    """The steps of the run (:func:`pinas.stages.graph.plan`) in order, each a cached task; the transfers
+    concurrently, sharing the node's devices.
 
     Returns (records, seconds per stage, datasets, failed): a transfer that fails does not stop the others nor the
     export (which then documents the transfers that finished); ``failed`` names it, its error and its log file.
+    Every stage's summary, plots and tables are published from its folder, served from the cache or not.
     """
-    storage = Path(root) / RESULTS_DIR  # a Path: Prefect stores each record as <path>/<cache key>
     datasets = data_task(config.data, root, needed_datasets(config))
     preflight_task(config, datasets, root)
-    stages: dict[str, dict] = {}
+    records: dict[str, dict] = {}
     failed: dict[str, dict] = {}
     seconds: dict[str, float] = {}
-
-    def run(stage: str, fn, stage_config: Any, upstream: dict[str, dict], **extra: Any) -> dict:
-        t = time.perf_counter()
-        stages[stage] = fn.with_options(result_storage=storage)(stage, stage_config, upstream, root, **extra)
-        seconds[stage] = round(time.perf_counter() - t, 2)
-        return stages[stage]
-
-    imagenet, nodes = {"imagenet": datasets["imagenet"]}, config.nodes
-    if "supernet" in config.stages:
-        run("supernet", supernet_task, config.supernet, imagenet, nodes=nodes)
-    if "search" in config.stages:
-        upstream = {**imagenet, "supernet": stages["supernet"]}
-        if config.search.evaluator.proxy == "linear_probe":
-            upstream["probe"] = run("linear-probe", probe_task, config.linear_probe, upstream, nodes=nodes)
-        run("search", search_task, config.search, upstream, nodes=nodes)
-    if "retrain" in config.stages:
-        run("retrain", retrain_task, retrain_config(config, stages.get("search")), imagenet, nodes=nodes)
-    if "transfer" in config.stages:
-        t = time.perf_counter()
-        futures = {}
+    steps = plan(config)
+    concurrent = [s for s in steps if s.stage.per_task]
+    if concurrent:
         DEVICE_POOLS[root] = device_pool(config)
-        for name, (task_cfg, devices) in config.transfer.placed(DEVICE_POOLS[root]).items():
-            stage, upstream = f"transfer-{name}", {"retrain": stages["retrain"], name: datasets[name]}
-            futures[stage] = (transfer_task.with_options(result_storage=storage).submit(stage, task_cfg, upstream,
-                                                                                        root, devices),
-                              stage_dir(root, stage, stage_key(stage, task_cfg, upstream_digests(upstream))))
-        for stage, (future, folder) in futures.items():
-            future.wait()
-            if future.state.is_completed():
-                stages[stage] = future.result()
-            else:
-                error = str(future.state.message or future.state.name).splitlines()[0]
-                failed[stage] = {"error": error, "log": str(folder / TransferDir.LOG), "dir": str(folder)}
-                log.error("%s failed: %s (log: %s)", stage, error, folder / TransferDir.LOG)
-            seconds[stage] = round(time.perf_counter() - t, 2)
-    if "export" in config.stages:
-        transfers = {k: v for k, v in stages.items() if k.startswith("transfer-")}
-        run("export", export_task, config.export, {**imagenet, "retrain": stages["retrain"], **transfers})
-    return stages, seconds, datasets, failed
+        placed = config.transfer.placed(DEVICE_POOLS[root])
+    for step in steps:
+        if step.stage.per_task:
+            if step is concurrent[0]:
+                run_concurrently(concurrent, placed, records, datasets, root, seconds, failed)
+                for done in concurrent:
+                    if done.name in records:
+                        publish_stage(done, records[done.name], root)
+            continue
+        step = with_arch(step, config, records)
+        started = time.perf_counter()
+        nodes = config.nodes if step.stage.distributed else SINGLE_NODE
+        records[step.name] = run_stage(step.name, step.stage.name, step.config, step_upstream(step, records, datasets),
+                                       root, nodes)
+        seconds[step.name] = round(time.perf_counter() - started, 2)
+        publish_stage(step, records[step.name], root)
+    return records, seconds, datasets, failed
+
+
+def publish_stage(step: Step, record: dict, root: str) -> None:
+    """What a person wants to see of a finished stage, read from its folder, so a stage served from the cache shows
+    the same summary, plots and tables as a fresh one. The export's files are also copied where people look for
+    them: ``exports/<run root>-<key>/``."""
+    folder = step.stage.folder(record["dir"])
+    title = f"{step.stage.title}: {step.task}" if step.task else step.stage.title
+    publish_markdown(f"{step.name}-summary", metrics_markdown(title, record), f"{title} summary")
+    step_log = getattr(folder, "STEP_LOG", None)
+    if step_log and (folder / step_log).is_file():
+        publish_training_curves(step.name, title, folder / step_log)
+    if isinstance(folder, SearchDir):
+        result = folder.result()
+        publish_table("search-top-k", [{k: v for k, v in c.items() if not isinstance(v, (list, dict))}
+                                       for c in result["top_k"]], "search: top-k candidates (params, MACs, proxy)")
+        publish_images("search-plots", "Search plots", {"fitness per generation": folder / SearchDir.FITNESS_PLOT,
+                                                         "Pareto front": folder / SearchDir.PARETO_PLOT},
+                       "search: fitness per generation and the Pareto front")
+    if isinstance(folder, (RetrainDir, TransferDir)):  # what was trained: the record, or the transfer's manifest
+        trained = folder.model_config() if isinstance(folder, RetrainDir) else folder.manifest()
+        against = step.task or "retrain"
+        publish_table(f"{step.name}-vs-paper", compare_rows(against, record["metrics"], trained["space"],
+                                                            trained["arch"]), f"{against} vs the paper")
+    if isinstance(folder, ExportDir):
+        record["published"] = str(publish_copy(folder.path, [*record["files"], "manifest.json"],
+                                               EXPORTS_DIR / f"{Path(root).name}-{record['key'][:8]}"))
+        publish_markdown("model-card", folder.card_markdown(), "model card")
+
+
+def run_concurrently(steps: list[Step], placed: dict[str, tuple[Any, int]], records: dict[str, dict],
+                     datasets: dict[str, dict], root: str, seconds: dict[str, float],
+                     failed: dict[str, dict]) -> None:
+    """The per-task steps (transfers) at once, each on its lease of the pool; a failure is noted, not raised."""
+    started, futures = time.perf_counter(), {}
+    for step in steps:
+        task_cfg, devices = placed[step.task]
+        step = replace(step, config=task_cfg)
+        upstream = step_upstream(step, records, datasets)
+        folder = stage_dir(root, step.name, stage_key(step.name, step.config, upstream_digests(upstream)))
+        futures[step.name] = (run_stage(step.name, step.stage.name, step.config, upstream, root, devices=devices,
+                                        submit=True), folder)
+    for name, (future, folder) in futures.items():
+        future.wait()
+        if future.state.is_completed():
+            records[name] = future.result()
+        else:
+            error = str(future.state.message or future.state.name).splitlines()[0]
+            failed[name] = {"error": error, "log": str(folder / TransferDir.LOG), "dir": str(folder)}
+            log.error("%s failed: %s (log: %s)", name, error, folder / TransferDir.LOG)
+        seconds[name] = round(time.perf_counter() - started, 2)

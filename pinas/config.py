@@ -7,6 +7,7 @@ a user's YAML is merged over the profile it names (``profile: demo`` by default)
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,9 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pinas.data.sources import DataConfig
-from pinas.engine.launch import Nodes
+from pinas.engine.launch import Nodes, slurm_nodes
 from pinas.space import get_space
 from pinas.stages.export import ExportConfig
+from pinas.stages.graph import SEARCHED, SELECTABLE, STAGES, check_needs, plan
 from pinas.stages.linear_probe import LinearProbeConfig
 from pinas.stages.retrain import RetrainConfig
 from pinas.stages.search import SearchConfig
@@ -26,11 +28,9 @@ from pinas.stages.transfer import TransferConfig
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 Profile = Literal["demo", "paper"]
-StageName = Literal["supernet", "search", "retrain", "transfer", "export"]
-ALL_STAGES: tuple[str, ...] = ("supernet", "search", "retrain", "transfer", "export")
-SEARCHED = "searched"
-DISTRIBUTED_STAGES = ("supernet", "linear_probe", "search", "retrain")  # their nproc / nodes follow the devices
-HOLDOUT_STAGES = ("supernet", "linear_probe", "search")  # they read data.search_holdout
+StageName = Literal[SELECTABLE]  # type: ignore[valid-type]  # the stage table's names, in pipeline order
+DISTRIBUTED_SECTIONS = tuple(stage.section for stage in STAGES if stage.distributed)  # nproc / nodes follow devices
+HOLDOUT_SECTIONS = ("supernet", "linear_probe", "search")  # they read data.search_holdout
 
 
 class ConfigError(ValueError):
@@ -43,13 +43,16 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: Profile = "demo"
-    stages: list[StageName] = Field(default_factory=lambda: list(ALL_STAGES))
+    stages: list[StageName] = Field(default_factory=lambda: list(SELECTABLE))
     arch: str = Field(SEARCHED, description="architecture that is retrained, transferred and exported: 'searched' "
                       "takes the search stage's best, anything else is an architecture string or name of "
                       "retrain.space (and replaces retrain.arch)")
     devices: int = Field(1, ge=1, description="GPUs (processes) per node: every distributed stage's nproc unless "
                                               "the stage sets its own, and the pool the transfers share")
-    nodes: Nodes = Field(default_factory=Nodes, description="machines: count, this one's rank, node 0's address")
+    oversubscribe: bool = Field(False, description="allow more processes per node than it has GPUs (or, on CPU, "
+                                                   "cores); refused before training otherwise")
+    nodes: Nodes = Field(default_factory=Nodes, description="machines: count, this one's rank, node 0's address "
+                         "(under srun, from Slurm's environment where not given)")
     data: DataConfig = DataConfig()
     supernet: SupernetConfig = SupernetConfig()
     linear_probe: LinearProbeConfig = LinearProbeConfig()
@@ -69,13 +72,16 @@ class PipelineConfig(BaseModel):
             return data
         devices = data.get("devices", 1)
         nodes = data.get("nodes") or {}
+        slurm = slurm_nodes(dict(os.environ))
+        if slurm and isinstance(nodes, dict):  # under srun: Slurm's nodes, where the config gives none
+            nodes = {**slurm, **nodes}
         count = nodes.get("count", 1) if isinstance(nodes, dict) else getattr(nodes, "count", 1)
         holdout = _as_dict(_as_dict(data.get("data")).get("search_holdout"))
-        data = dict(data)
-        for section in DISTRIBUTED_STAGES:
+        data = dict(data, nodes=nodes)
+        for section in DISTRIBUTED_SECTIONS:
             given = _as_dict(data.get(section))
             data[section] = {"nproc": devices, "nodes": count,
-                             **({"holdout": holdout} if section in HOLDOUT_STAGES else {}), **given}
+                             **({"holdout": holdout} if section in HOLDOUT_SECTIONS else {}), **given}
         return data
 
     @field_validator("arch", mode="before")
@@ -88,24 +94,17 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineConfig:
-        for section in HOLDOUT_STAGES:
+        for section in HOLDOUT_SECTIONS:
             if getattr(self, section).holdout != self.data.search_holdout:
                 raise ValueError(f"{section}.holdout differs from data.search_holdout: the search would score images "
                                  "a stage trained on; set data.search_holdout only")
         stages = set(self.stages)
-        needs = {"search": {"supernet"}, "transfer": {"retrain"}, "export": {"retrain"}}
-        if self.arch == SEARCHED:
-            needs["retrain"] = {"search"}
-        else:
+        if self.arch != SEARCHED:
             try:
                 get_space(self.retrain.space).parse(self.arch)
             except ValueError as exc:
                 raise ValueError(f"arch: {exc}") from None
-        for stage, required in needs.items():
-            missing = required - stages
-            if stage in stages and missing:
-                raise ValueError(f"stages: {stage!r} needs {sorted(missing)} in the same run"
-                                 + (" (or set arch to an architecture)" if stage == "retrain" else ""))
+        check_needs(self)
         if "search" in stages and self.search.max_latency_ms is not None and not self.search.latency_table:
             raise ValueError(f"search.max_latency_ms = {self.search.max_latency_ms} needs search.latency_table (a "
                              'JSON {"fixed_ms": x, "layers": [[ms per choice], ...]} measured on the target)')
@@ -126,11 +125,8 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 
 def needed_datasets(config: PipelineConfig) -> tuple[str, ...]:
-    """The datasets the stages of this pipeline read."""
-    names = ["imagenet"]
-    if "transfer" in config.stages:
-        names += list(config.transfer.enabled())
-    return tuple(names)
+    """The datasets the stages of this pipeline read (ImageNet always: its classes are the networks' head)."""
+    return tuple(dict.fromkeys(["imagenet", *(d for step in plan(config) for d in step.datasets)]))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

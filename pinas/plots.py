@@ -16,18 +16,18 @@ import numpy as np
 from pinas.io.artifacts import atomic_write
 
 
-def _figure():
-    """A new 6 x 4 inch figure on the Agg canvas (matplotlib is imported here, when a plot is drawn: it costs a
+def figure(size: tuple[float, float] = (6, 4)):
+    """A new figure (inches) on the Agg canvas (matplotlib is imported here, when a plot is drawn: it costs a
     third of a second that a pipeline run served from the cache should not pay)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig, path: str | Path | BinaryIO) -> Path | BinaryIO:
+def save(fig, path: str | Path | BinaryIO) -> Path | BinaryIO:
     fig.tight_layout()
     if hasattr(path, "write"):
         fig.savefig(path, format="png", dpi=120)
@@ -42,7 +42,7 @@ ACCURACY_KEYS = ("train_top1", "top1", "top5")
 def plot_training(records: Sequence[dict], path: str | Path | BinaryIO, title: str = "") -> Path | BinaryIO:
     """A training curve from a step log (``metrics.jsonl``): the loss per logged step and, when the stage has any,
     its accuracies (train top-1 per step, validation top-1 / top-5 per evaluation) on a second panel."""
-    fig = _figure()
+    fig = figure()
     loss = [r for r in records if "loss" in r]
     accuracy = {k: [r for r in records if k in r] for k in ACCURACY_KEYS}
     accuracy = {k: rows for k, rows in accuracy.items() if rows}
@@ -62,13 +62,13 @@ def plot_training(records: Sequence[dict], path: str | Path | BinaryIO, title: s
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_fitness(history: Sequence[dict], path: str | Path, proxy: str = "proxy") -> Path:
     """Best and mean score of each generation, and the best found so far. ``history`` rows: generation, best,
     mean, best_so_far."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     gens = [h["generation"] for h in history]
     ax.plot(gens, [h["best_so_far"] for h in history], "-", color="tab:red", lw=4, alpha=0.4, label="best so far")
@@ -82,13 +82,13 @@ def plot_fitness(history: Sequence[dict], path: str | Path, proxy: str = "proxy"
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_pareto(candidates: Sequence[dict], front: Sequence[bool], path: str | Path, best: dict | None = None,
                 proxy: str = "proxy") -> Path:
     """Every evaluated candidate in grey, the non-dominated ones highlighted, score against MMACs."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     macs = np.array([c["macs"] for c in candidates]) / 1e6
     score = np.array([c["score"] for c in candidates])
@@ -104,13 +104,13 @@ def plot_pareto(candidates: Sequence[dict], front: Sequence[bool], path: str | P
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_study(rows: Sequence[dict], proxy: str, stats: dict, path: str | Path, title: str = "") -> Path:
     """One point per retrained architecture: its ``proxy`` score against its seed-mean top-1, a bar spanning its
     seeds' top-1; the title gives Kendall tau and Spearman rho with their 95% intervals."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     x = np.array([r[proxy] for r in rows])
     mean = np.array([r["top1_mean"] for r in rows])
@@ -127,7 +127,7 @@ def plot_study(rows: Sequence[dict], proxy: str, stats: dict, path: str | Path, 
     ax.locator_params(axis="x", nbins=5)  # proxy scores often differ in the third decimal: long tick labels
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _num(value: float | None) -> str:

@@ -18,12 +18,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from pinas import __version__
 from pinas.config import SEARCHED, PipelineConfig
 from pinas.data.images import DataError, ImageList, scan_image_folder
 from pinas.io.artifacts import atomic_write_json
 from pinas.search.constraints import Constraints, LatencyTable, cost_model
 from pinas.space import get_space
+from pinas.stages.graph import plan
 from pinas.stages.retrain import validate_inputs
 from pinas.stages.transfer import child_env, runner_args
 
@@ -54,10 +57,51 @@ def check_run(config: PipelineConfig, datasets: dict[str, dict], run_root: Path)
             validate_inputs(config.retrain.model_copy(update={"arch": arch}), imagenet)
         except (DataError, ValueError) as exc:
             problems.append(f"retrain: {exc}")
+    problems += _device_problems(config)
     if "transfer" in stages:
         problems += _transfer_problems(config, datasets, Path(run_root))
     if problems:  # the holdout is checked for the supernet and the search alike: each problem once
         raise PreflightError("the run cannot start:\n" + "\n".join(f"  {p}" for p in dict.fromkeys(problems)))
+
+
+def _device_problems(config: PipelineConfig) -> list[str]:
+    """More processes per node than the node has GPUs (or, on CPU, cores), and transfers on CUDA without GPUs or
+    without mmcv's CUDA ops (Mask R-CNN's RoIAlign and NMS would fail deep inside MMDetection, hours in)."""
+    problems = []
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = os.cpu_count() or 1
+    sections = [step.stage.section for step in plan(config) if step.stage.distributed]
+    devices = {s: getattr(config, s).evaluator.device if s == "search" else getattr(config, s).device
+               for s in sections}  # the search runs where its evaluator does
+    on_gpu = [s for s in sections if devices[s] == "cuda" or (devices[s] == "auto" and gpus)]
+    have = {s: (gpus, f"{gpus} GPU(s)") if s in on_gpu else (cores, f"{cores} CPU core(s)") for s in sections}
+    over = [s for s in sections if getattr(config, s).nproc > have[s][0]]
+    if over and not config.oversubscribe:
+        problems.append(f"devices = {config.devices}: {', '.join(over)} would run "
+                        f"{max(getattr(config, s).nproc for s in over)} processes per node, and this node has "
+                        f"{have[over[0]][1]}; set devices (or the stage's nproc) to at most {have[over[0]][0]}, "
+                        "or oversubscribe: true to run them anyway")
+    if "transfer" in config.stages and config.transfer.kind() == "cuda":
+        if not gpus:
+            problems.append("transfer.device = cuda, and this node has no GPU torch can use")
+        ops = mmcv_cuda_ops()
+        if ops != "ok":
+            problems.append(f"transfer: the transfers run on CUDA, but {ops}; build mmcv with its CUDA ops on this "
+                            "machine (MMCV_WITH_OPS=1 FORCE_CUDA=1 pip install mmcv==2.1.0 --no-binary mmcv, with "
+                            "nvcc on PATH) or install OpenMMLab's prebuilt wheel for your torch/CUDA pair, or set "
+                            "transfer.device: cpu")
+    return problems
+
+
+def mmcv_cuda_ops() -> str:
+    """"ok" when mmcv's compiled ops have CUDA kernels, else what is wrong (checked in this process: the
+    extension only reports how it was compiled, no GPU is touched)."""
+    try:
+        from mmcv.ops import get_compiling_cuda_version
+    except ImportError as exc:
+        return f"mmcv's compiled ops do not load ({exc})"
+    version = get_compiling_cuda_version()
+    return "ok" if version and version != "not available" else "mmcv's ops were compiled without CUDA"
 
 
 def check_study(config: PipelineConfig, imagenet: Path) -> None:
@@ -110,7 +154,7 @@ def _search_problems(config: PipelineConfig, imagenet: Path, train: list, classe
         except (OSError, ValueError, KeyError) as exc:
             problems.append(f"search.latency_table: {exc}")
     try:
-        Constraints.from_config(search).check_reachable(
+        Constraints.from_config(search, latency).check_reachable(
             lambda: cost_model(space, search.num_classes or len(classes)), latency)
     except ValueError as exc:
         problems.append(f"search: {exc}")

@@ -8,6 +8,7 @@ index per searchable layer, ordered stage by stage. Its string form groups the d
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -54,9 +55,105 @@ PINAS_CANDIDATES: tuple[Candidate, ...] = (
 )
 
 
+class ArchSpace:
+    """What a search strategy needs of a space: fixed-length architectures with ``num_choices`` options at each of
+    ``num_decisions`` decisions, and the operators on them. Subclasses give the two sizes (properties or fields)
+    and may spell architectures their own way (:meth:`format` / :meth:`parse`)."""
+
+    name: str
+    num_decisions: int
+    num_choices: int
+
+    @property
+    def size(self) -> int:
+        """Number of distinct architectures."""
+        return self.num_choices ** self.num_decisions
+
+    def validate(self, arch: Sequence[int], what: str = "architecture") -> Arch:
+        """Return ``arch`` as a tuple of ints, or raise :class:`ArchError` naming the first bad decision."""
+        arch = tuple(arch)
+        if len(arch) != self.num_decisions:
+            raise ArchError(f"{what} has {len(arch)} decisions, space {self.name!r} has {self.num_decisions}")
+        for i, choice in enumerate(arch):
+            if isinstance(choice, (bool, np.bool_)) or not isinstance(choice, (int, np.integer)):
+                raise ArchError(f"{what}: {self.describe_decision(i)} is {choice!r}, not an integer")
+            if not 0 <= choice < self.num_choices:
+                raise ArchError(f"{what}: {self.describe_decision(i)} has choice {choice}, valid choices are "
+                                f"0..{self.num_choices - 1}")
+        return tuple(int(c) for c in arch)
+
+    def describe_decision(self, i: int) -> str:
+        return f"decision {i + 1}"
+
+    def format(self, arch: Sequence[int]) -> str:
+        """One digit per decision."""
+        return "".join(str(c) for c in self.validate(arch))
+
+    def parse(self, text: str | Sequence[int]) -> Arch:
+        """A digit string (commas, spaces and brackets ignored) or a sequence."""
+        if not isinstance(text, str):
+            return self.validate(text)
+        digits = re.sub(r"[\s,()\[\]]", "", text)
+        if not digits.isdigit():
+            raise ArchError(f"architecture {text!r}: expected {self.num_decisions} digits 0..{self.num_choices - 1}")
+        return self.validate([int(ch) for ch in digits], what=f"architecture {text!r}")
+
+    def all_archs(self) -> list[Arch]:
+        """Every architecture, in lexicographic order (for spaces small enough to list; built once)."""
+        return list(_all_archs(self.num_decisions, self.num_choices))
+
+    # ------------------------------------------------------------------------------------- sampling operators
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """One architecture, uniform over the space."""
+        return tuple(int(c) for c in rng.integers(0, self.num_choices, size=self.num_decisions))
+
+    def mutate(self, arch: Sequence[int], rng: np.random.Generator, prob: float) -> Arch:
+        """Each decision, with probability ``prob``, switches to a different choice (uniform over the others)."""
+        arch = self.validate(arch)
+        flips = rng.random(self.num_decisions) < prob
+        shift = rng.integers(1, self.num_choices, size=self.num_decisions)
+        return tuple(int((a + s) % self.num_choices) if f else a for a, f, s in zip(arch, flips, shift))
+
+    def mutate_one(self, arch: Sequence[int], rng: np.random.Generator) -> Arch:
+        """Exactly one decision, drawn uniformly, switched to another choice (a step of regularized evolution)."""
+        arch = list(self.validate(arch))
+        i = int(rng.integers(self.num_decisions))
+        arch[i] = int((arch[i] + rng.integers(1, self.num_choices)) % self.num_choices)
+        return tuple(arch)
+
+    def crossover(self, a: Sequence[int], b: Sequence[int], rng: np.random.Generator) -> Arch:
+        """Uniform crossover: each decision comes from either parent with probability 1/2."""
+        a, b = self.validate(a), self.validate(b)
+        take_a = rng.random(self.num_decisions) < 0.5
+        return tuple(x if t else y for x, y, t in zip(a, b, take_a))
+
+    def neighbours(self, arch: Sequence[int]) -> list[Arch]:
+        """Every architecture one decision away, in order of decision then choice."""
+        arch = self.validate(arch)
+        return [arch[:i] + (c,) + arch[i + 1:] for i in range(self.num_decisions) for c in range(self.num_choices)
+                if c != arch[i]]
+
+
+@functools.cache
+def _all_archs(decisions: int, choices: int) -> tuple[Arch, ...]:
+    grids = np.indices((choices,) * decisions).reshape(decisions, -1).T
+    return tuple(tuple(int(c) for c in row) for row in grids)
+
+
 @dataclass(frozen=True)
-class SearchSpace:
-    """Stage depths and widths, the candidate list and the input size of a ResNeSt-D supernet."""
+class CategoricalSpace(ArchSpace):
+    """A space given by its sizes alone, architectures written one digit per decision (e.g. TransNAS-Bench-101's
+    cells: 6 edges, 4 operations each)."""
+
+    name: str
+    num_decisions: int
+    num_choices: int
+
+
+@dataclass(frozen=True)
+class SearchSpace(ArchSpace):
+    """Stage depths and widths, the candidate list and the input size of a ResNeSt-D supernet; its decisions are
+    the searchable layers, its choices the candidate blocks."""
 
     name: str
     depths: tuple[int, ...]
@@ -91,13 +188,12 @@ class SearchSpace:
         return sum(self.depths)
 
     @property
-    def num_choices(self) -> int:
-        return len(self.candidates)
+    def num_decisions(self) -> int:
+        return self.num_layers
 
     @property
-    def size(self) -> int:
-        """Number of distinct architectures."""
-        return self.num_choices ** self.num_layers
+    def num_choices(self) -> int:
+        return len(self.candidates)
 
     @property
     def stage_slices(self) -> tuple[slice, ...]:
@@ -131,13 +227,10 @@ class SearchSpace:
         if len(arch) != self.num_layers:
             raise ArchError(f"{what} has {len(arch)} layers, space {self.name!r} has {self.num_layers} "
                             f"(depths {list(self.depths)})")
-        for layer, choice in enumerate(arch):
-            if isinstance(choice, (bool, np.bool_)) or not isinstance(choice, (int, np.integer)):
-                raise ArchError(f"{what}: {self.describe_layer(layer)} is {choice!r}, not an integer")
-            if not 0 <= choice < self.num_choices:
-                raise ArchError(f"{what}: {self.describe_layer(layer)} has choice {choice}, "
-                                f"valid choices are 0..{self.num_choices - 1}")
-        return tuple(int(c) for c in arch)
+        return super().validate(arch, what)
+
+    def describe_decision(self, i: int) -> str:
+        return self.describe_layer(i)
 
     def format(self, arch: Sequence[int]) -> str:
         """Stage-grouped digit string, e.g. ``"301-3231-203213-032"``."""
@@ -182,35 +275,12 @@ class SearchSpace:
         return tuple([min(1, self.num_choices - 1)] * self.num_layers)
 
     # ------------------------------------------------------------------------------------- sampling operators
-    def sample(self, rng: np.random.Generator) -> Arch:
-        """One architecture, uniform over the space."""
-        return tuple(int(c) for c in rng.integers(0, self.num_choices, size=self.num_layers))
-
     def sample_pair(self, rng: np.random.Generator) -> tuple[Arch, Arch]:
         """Two paths that differ at every layer (2 distinct candidates per layer, uniform over ordered pairs)."""
         if self.num_choices < 2:
             raise ValueError("paired sampling needs at least two candidates per layer")
         pairs = [rng.choice(self.num_choices, size=2, replace=False) for _ in range(self.num_layers)]
         return tuple(int(p[0]) for p in pairs), tuple(int(p[1]) for p in pairs)
-
-    def sample_differing(self, arch: Sequence[int], rng: np.random.Generator) -> Arch:
-        """A uniformly random path that differs from ``arch`` at every layer."""
-        arch = self.validate(arch)
-        shift = rng.integers(1, self.num_choices, size=self.num_layers)
-        return tuple(int((a + s) % self.num_choices) for a, s in zip(arch, shift))
-
-    def mutate(self, arch: Sequence[int], rng: np.random.Generator, prob: float) -> Arch:
-        """Each layer, with probability ``prob``, switches to a different candidate (uniform over the others)."""
-        arch = self.validate(arch)
-        flips = rng.random(self.num_layers) < prob
-        shift = rng.integers(1, self.num_choices, size=self.num_layers)
-        return tuple(int((a + s) % self.num_choices) if f else a for a, f, s in zip(arch, flips, shift))
-
-    def crossover(self, a: Sequence[int], b: Sequence[int], rng: np.random.Generator) -> Arch:
-        """Uniform crossover: each layer comes from either parent with probability 1/2."""
-        a, b = self.validate(a), self.validate(b)
-        take_a = rng.random(self.num_layers) < 0.5
-        return tuple(x if t else y for x, y, t in zip(a, b, take_a))
 
 
 def _resnest50() -> SearchSpace:

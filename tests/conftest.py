@@ -105,6 +105,6 @@ def random_supernet(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = SupernetPi(PiNASBackbone(DEMO), SUPERNET_CFG.projector_hidden, SUPERNET_CFG.feature_dim,
                        SUPERNET_CFG.queue_size, SUPERNET_CFG.temperature, SUPERNET_CFG.ema_momentum)
-    folder.write(model, SUPERNET_CFG.model_dump(mode="json"), Path("none"))
-    folder.write_manifest([SupernetDir.ARTIFACT], SUPERNET_CFG.model_dump(mode="json"))
+    folder.write(model, SUPERNET_CFG.settings(), Path("none"))
+    folder.write_manifest([SupernetDir.ARTIFACT, SupernetDir.CONFIG], SUPERNET_CFG.model_dump(mode="json"))
     return folder.path

@@ -31,9 +31,10 @@ def test_readme_deployment_commands_work_as_written_on_a_fresh_server(tmp_path):
         except RuntimeError as exc:
             pytest.fail(f"{exc}\n\nworker log:\n{deployment.log_tail()}")
         deployments = {d["name"] for d in deployment.api("/deployments/filter", {})}
-        assert deployments == {"demo", "paper", "paper-node1", "study-demo"}
+        assert deployments == {"demo", "paper", "paper-node1", "study-demo", "bench-transnas"}
         runs = deployment.flow_runs
-        assert set(runs) == {"pinas-pipeline/demo", "pinas-pipeline/paper", "pinas-study/study-demo"}
+        assert set(runs) == {"pinas-pipeline/demo", "pinas-pipeline/paper", "pinas-study/study-demo",
+                             "pinas-bench/bench-transnas"}
 
         demo = deployment.wait_final(runs["pinas-pipeline/demo"], timeout_s=2000)
         assert demo["state"]["type"] == "COMPLETED", (demo["state"], deployment.log_tail())
@@ -47,8 +48,9 @@ def test_readme_deployment_commands_work_as_written_on_a_fresh_server(tmp_path):
         assert paper["state"]["type"] == "SCHEDULED"  # waits for a gpu-pool worker
         assert paper["parameters"]["imagenet"] == "/data/imagenet" and paper["parameters"]["devices"] == 8
         assert paper["parameters"]["profile"] == "paper"
-        study = deployment.flow_run(runs["pinas-study/study-demo"])
-        assert study["state"]["type"] in {"SCHEDULED", "PENDING", "RUNNING"}, study["state"]
+        for name in ("pinas-study/study-demo", "pinas-bench/bench-transnas"):  # queued behind the demo (1 at a time)
+            queued = deployment.flow_run(runs[name])
+            assert queued["state"]["type"] in {"SCHEDULED", "PENDING", "RUNNING"}, (name, queued["state"])
 
     summary = json.loads((checkout / "runs" / "last_run.json").read_text())
     assert summary["profile"] == "demo" and not summary["failed"]

@@ -6,7 +6,9 @@ gloo on CPU, torchrun on localhost; the configs are the smallest that still run 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -15,7 +17,8 @@ import pytest
 import torch
 from conftest import HOLDOUT, TINY_EVAL
 
-from pinas.engine.launch import Nodes
+from pinas.config import load_config
+from pinas.engine.launch import first_slurm_host
 from pinas.engine.placement import DevicePool, share
 from pinas.io.artifacts import load_tensors
 from pinas.io.stage_dirs import SearchDir
@@ -134,30 +137,56 @@ def _tiny_supernet(**kw) -> SupernetConfig:
                           log_every=1, holdout=HOLDOUT, **kw)
 
 
+SLURM_NODE = """
+import json, sys
+from pathlib import Path
+from pinas.config import load_config
+from pinas.stages.supernet import run_supernet
+cfg = load_config(profile="demo", overrides=json.loads(sys.argv[1]))
+assert (cfg.nodes.count, cfg.supernet.nodes, cfg.supernet.nproc) == (2, 2, 2), cfg.nodes
+run_supernet(cfg.supernet, Path(sys.argv[2]), Path(sys.argv[3]), rendezvous=cfg.nodes)
+"""
+
+
 @pytest.mark.slow
-def test_two_nodes_of_two_processes_compute_what_one_node_of_four_does(demo_imagenet, tmp_path):
+def test_two_nodes_of_two_processes_under_slurm_compute_what_one_node_of_four_does(demo_imagenet, tmp_path):
+    """Each node is started as ``srun`` would: the same command, Slurm's environment, no ``nodes`` in the config
+    but its port; the node count, the rank and node 0's address come from Slurm."""
     train = demo_imagenet / "train"
     single = run_supernet(_tiny_supernet(nproc=4), train, tmp_path / "one-node")
-    port, errors = _free_port(), []
-
-    def node(rank: int) -> None:
-        try:
-            run_supernet(_tiny_supernet(nproc=2, nodes=2), train, tmp_path / "two-nodes",
-                         rendezvous=Nodes(count=2, rank=rank, master_port=port))
-        except Exception as exc:  # noqa: BLE001  (reported below, with the node)
-            errors.append((rank, exc))
-
-    followers = threading.Thread(target=node, args=(1,))
-    followers.start()
-    node(0)
-    followers.join(timeout=600)
-    assert not errors, errors
+    tiny = _tiny_supernet().model_dump(mode="json", exclude={"nproc", "nodes", "holdout"})
+    overrides = {"devices": 2, "nodes": {"master_port": _free_port()}, "supernet": tiny,
+                 "data": {"search_holdout": HOLDOUT.model_dump()}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    nodes = [subprocess.Popen([sys.executable, "-c", SLURM_NODE, json.dumps(overrides), str(train),
+                               str(tmp_path / "two-nodes")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**env, "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": str(rank),
+                                              "SLURM_JOB_NODELIST": "localhost,node-b"})
+             for rank in (0, 1)]
+    for rank, proc in enumerate(nodes):
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (rank, output[-3000:])
     a, b = load_tensors(tmp_path / "one-node" / "supernet.pt"), load_tensors(tmp_path / "two-nodes" / "supernet.pt")
     assert single["metrics"]["steps"] > 1
     for part in ("student", "teacher"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
     assert torch.equal(a["queue"], b["queue"])
+
+
+def test_slurm_gives_the_nodes_and_the_config_wins(monkeypatch):
+    assert first_slurm_host("gpu[07-09,12],cpu3") == "gpu07" and first_slurm_host("a1,b2") == "a1"
+    assert first_slurm_host("rack2-n[001-004]x") == "rack2-n001x"
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "4")
+    monkeypatch.setenv("SLURM_NODEID", "3")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-09,12]")
+    config = load_config(profile="demo")
+    assert (config.nodes.count, config.nodes.rank, config.nodes.master_addr) == (4, 3, "gpu07")
+    assert config.supernet.nodes == config.retrain.nodes == 4
+    given = load_config(profile="demo", overrides={"nodes": {"count": 2, "rank": 1, "master_addr": "10.0.0.1"}})
+    assert (given.nodes.count, given.nodes.rank, given.nodes.master_addr) == (2, 1, "10.0.0.1")
+    monkeypatch.delenv("SLURM_NODEID")
+    assert load_config(profile="demo").nodes.count == 1  # not under srun: one node
 
 
 def test_concurrent_transfers_get_disjoint_devices_and_never_oversubscribe():
@@ -210,5 +239,6 @@ def test_concurrent_transfers_get_disjoint_devices_and_never_oversubscribe():
     placed = TransferConfig().placed(cores)
     assert {name: (task.nproc, lease) for name, (task, lease) in placed.items()} == {
         "coco": (1, 1), "ade20k": (1, 1), "cityscapes": (1, 1)}
-    assert cores.env([0], 1) == {"OMP_NUM_THREADS": "1"}
-    assert share("sequential", 2, 3, "cpu") == (1, 2) and cores.env([0, 1], 1) == {"OMP_NUM_THREADS": "2"}
+    # and hides the GPUs, so a transfer set to the CPU (transfer.device: cpu) stays there on a GPU machine
+    assert cores.env([0], 1) == {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    assert share("sequential", 2, 3, "cpu") == (1, 2) and cores.env([0, 1], 1)["OMP_NUM_THREADS"] == "2"

@@ -2,6 +2,8 @@
 progress reports that do not depend on interruptions or speed."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from pinas.engine.checkpoint import SettingsMismatch
 from pinas.engine.loop import LoggerHook, TrainLoop, default_hooks
 from pinas.engine.sampler import EpochBatchSampler
-from pinas.engine.steplog import read_step_log
+from pinas.engine.steplog import TENSORBOARD_DIR, StepLog, read_step_log
 
 SETTINGS = {"lr": 0.1, "seed": 0, "nested": {"width": 4}}
 
@@ -78,3 +80,39 @@ def test_progress_is_reported_by_time_whatever_log_every(tmp_path):
     loop.run()
     assert reports == list(range(1, 25))  # every step, as each one is "over the interval"
     assert [r["step"] for r in read_step_log(tmp_path / "metrics.jsonl")] == [24]  # the file keeps its cadence
+
+
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a TensorBoard log folder, read with TensorBoard's own reader: {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_curves_continue_after_a_kill_without_duplicates(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    first = StepLog(log)
+    for step in (3, 6, 9):
+        first.write({"step": step, "loss": float(step)})
+    first.events.flush()  # killed here: step 9 was logged after the last checkpoint (step 6)
+    time.sleep(1.1)  # a restart comes at a later second: event files are named, and read in order, by their start
+    resumed = StepLog(log, resume_step=6)
+    for step in (9, 12):
+        resumed.write({"step": step, "loss": 100.0 + step})
+    resumed.close()
+    assert tensorboard_scalars(tmp_path / TENSORBOARD_DIR)["loss"] == [(3, 3.0), (6, 6.0), (9, 109.0), (12, 112.0)]
+    assert [r["step"] for r in read_step_log(log)] == [3, 6, 9, 12]
+
+
+def test_a_resumed_training_writes_the_same_tensorboard_curves_as_an_uninterrupted_one(tmp_path):
+    straight, _ = make_loop(tmp_path / "a", evaluate=_eval)
+    straight.run()
+    split, _ = make_loop(tmp_path / "b", evaluate=_eval)
+    split.run(stop_after=5)
+    time.sleep(1.1)  # as after a kill: the restart's event file is named at a later second
+    make_loop(tmp_path / "b", evaluate=_eval)[0].run()
+    a, b = (tensorboard_scalars(tmp_path / run / TENSORBOARD_DIR) for run in ("a", "b"))
+    assert {"loss", "lr", "score"} <= set(a) and a["loss"] == b["loss"] and a["score"] == b["score"]
+    assert [step for step, _ in a["loss"]] == [3, 6, 9, 12, 15, 18, 21, 24]

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from pinas.data import transforms as pinas_data
-from pinas.deploy import predict as onnx_predict
+from pinas.data.images import ImageFolderDataset
+from pinas.data.preprocess import EvalPreprocessing
 from pinas.deploy.errors import ExportError, ParityError
 from pinas.deploy.onnx_export import STAGE_NAMES, StageFeatures, export_onnx
 from pinas.deploy.parity import check_parity, eval_dataset, iter_batches
@@ -31,6 +32,7 @@ from pinas.stages.export import ExportConfig, run_export
 REPO = Path(__file__).resolve().parent.parent
 ARCH = "10-23-31-02"  # every candidate appears, incl. the radix-2 / cardinality-2 split attention
 SPEC = dict(cls_train_per_class=8, cls_val_per_class=6)  # 40 train / 30 val images of 72 px
+PREPROCESSING = EvalPreprocessing(crop=64, resize=73)
 TRANSFER = {"coco": {"bbox_mAP": 0.012}, "ade20k": {"mIoU": 0.2}}
 
 
@@ -54,7 +56,8 @@ def make_retrain_dir(folder: Path, classes: list[str], seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "model_config.json").write_text(json.dumps(
-        {"space": "demo", "arch": ARCH, "num_classes": len(classes), "classes": classes, "input_size": 64}))
+        {"space": "demo", "arch": ARCH, "num_classes": len(classes), "classes": classes, "input_size": 64,
+         "preprocessing": PREPROCESSING.to_dict()}))
     (folder / "metrics.json").write_text(json.dumps({"top1": 0.61, "top5": 1.0}))
     return folder
 
@@ -83,8 +86,8 @@ def exported(tmp_path_factory, retrain_dir, imagenet) -> tuple[Path, dict]:
 def torch_reference(retrain_dir, imagenet):
     """Validation images preprocessed the retrain way (torch), their paths, and torch eager logits."""
     model = RetrainDir(retrain_dir).load_classifier()
-    dataset = eval_dataset(imagenet / "val", 64, None)
-    images = torch.cat([x for x, _ in iter_batches(dataset, 64)])
+    dataset = eval_dataset(imagenet / "val", PREPROCESSING, None)
+    images = torch.cat([x for x, _ in iter_batches(dataset, PREPROCESSING)])
     with torch.inference_mode():
         logits = model(images).numpy()
     return model, images, [str(p) for p, _ in dataset.samples], logits
@@ -148,12 +151,22 @@ def test_model_card_and_latency(exported, retrain_dir):
 
 
 @pytest.mark.slow
-def test_int8_model_and_accuracy_delta(exported):
+def test_int8_model_and_accuracy_delta(exported, torch_reference):
     out, manifest = exported
     onnx.checker.check_model(str(out / "model.int8.onnx"), full_check=True)
     assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size / 2
     q = json.loads((out / "model_card.json").read_text())["int8"]
     assert q["images"] == 30 and q["calibration_images"] == 20
+    # measured here, independently of the stage: both models in plain onnxruntime on the 30 evenly spread
+    # validation images, preprocessed the torch way, against the labels of their class folders
+    _, images, paths, _ = torch_reference
+    pick = np.linspace(0, len(paths) - 1, num=30).round().astype(int)
+    classes = sorted({Path(p).parent.name for p in paths})
+    labels = np.array([classes.index(Path(paths[i]).parent.name) for i in pick])
+    x = images.numpy()[pick]
+    for name, key in (("model.onnx", "top1_fp32"), ("model.int8.onnx", "top1_int8")):
+        top1 = 100.0 * float((_ort(out / name, x)[0].argmax(1) == labels).mean())
+        assert q[key] == pytest.approx(top1, abs=0.01), (name, q, top1)
     assert q["top1_delta"] == pytest.approx(q["top1_int8"] - q["top1_fp32"])
     assert manifest["metrics"]["top1_delta_int8"] == q["top1_delta"]
     assert OnnxClassifier(out / "model.int8.onnx").classes == OnnxClassifier(out / "model.onnx").classes
@@ -185,10 +198,34 @@ def test_torch_free_runtime_gives_torch_top1(exported, torch_reference):
     assert labels == [result["classes"][i] for i in logits[:4].argmax(1)]
 
 
-def test_preprocessing_constants_match_training():
-    assert onnx_predict.IMAGENET_MEAN == pinas_data.IMAGENET_MEAN
-    assert onnx_predict.IMAGENET_STD == pinas_data.IMAGENET_STD
-    assert onnx_predict.resize_size(64) == 73 and onnx_predict.resize_size(224) == 256
+def test_a_retrain_at_another_size_deploys_with_its_own_preprocessing(demo_data, tmp_path):
+    """Retrained at 48 px crops evaluated from a 60 px short side (not the default 55), exported, and run by the
+    torch-free predictor on image files: its top-1 is the retrain evaluation's, its logits torch's."""
+    from pinas.config import load_config
+    from pinas.stages.retrain import run_retrain
+
+    data = demo_data("imagenet", cls_train_per_class=6, cls_val_per_class=4)
+    cfg = load_config(profile="demo").retrain.model_copy(update={"epochs": 1, "input_size": 48, "decode_size": 60,
+                                                                 "batch_size": 10})
+    retrain = run_retrain(cfg, data, tmp_path / "retrain")
+    run_export(ExportConfig(exporter="torchscript", latency_batches=(), parity_images=8), tmp_path / "retrain", data,
+               tmp_path / "export")
+    model = RetrainDir(tmp_path / "retrain").load_classifier()
+    val = ImageFolderDataset(data / "val", 60)  # the evaluation written out: short side 60, centre 48
+    x = torch.stack([val[i][0] for i in range(len(val))])[..., 6:54, 6:54]
+    with torch.inference_mode():
+        logits = model(pinas_data.Normalize()(x)).numpy()
+    labels = np.array([label for _, label in val.samples])
+    assert 100 * (logits.argmax(1) == labels).mean() == pytest.approx(retrain["metrics"]["top1"])
+    script = ("import json, sys\n"
+              "from pinas.deploy.predict import OnnxClassifier\n"
+              "print(json.dumps(OnnxClassifier(sys.argv[1]).logits(sys.argv[2:]).tolist()))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "export" / "model.onnx"),
+                           *[str(p) for p, _ in val.samples]], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    deployed = np.array(json.loads(proc.stdout))
+    assert (deployed.argmax(1) == logits.argmax(1)).all()
+    np.testing.assert_allclose(deployed, logits, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -155,7 +155,9 @@ def test_sigkill_in_every_training_stage_then_the_same_command_resumes(api_url, 
     stages = summary["stages"]
     searched = stages["search"]["metrics"]["best_arch"]
     assert RetrainDir(stages["retrain"]["dir"]).model_config()["arch"] == searched
-    assert stages["transfer-coco"]["metrics"]["coco/bbox_mAP"] >= 0
+    for task in ("coco", "ade20k", "cityscapes"):  # each fine-tuned the retrained network, and was evaluated
+        assert TransferDir(stages[f"transfer-{task}"]["dir"]).manifest()["arch"] == searched
+    assert "coco/bbox_mAP" in stages["transfer-coco"]["metrics"]
     assert "mIoU" in stages["transfer-ade20k"]["metrics"] and "mIoU" in stages["transfer-cityscapes"]["metrics"]
     published = Path(stages["export"]["published"])
     assert (published / "model.onnx").is_file() and (published / "model_card.json").is_file()

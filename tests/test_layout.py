@@ -59,7 +59,7 @@ def test_no_import_cycles():
 
 def test_stages_do_not_import_each_other():
     graph = import_graph()
-    stages = {n for n in graph if n.startswith("pinas.stages.") and n != "pinas.stages.common"}
+    stages = {n for n in graph if n.startswith("pinas.stages.")} - {"pinas.stages.common", "pinas.stages.graph"}
     for stage in stages:
         others = sorted(t for t in graph.successors(stage) if t in stages)
         assert not others, f"{stage} imports {others}: read other stages' outputs through pinas.io.stage_dirs"
@@ -80,9 +80,29 @@ def test_every_deployment_loads_its_flow_and_its_parameters_make_a_valid_config(
     from flows.params import flow_config
 
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    assert {d["name"] for d in deployments} >= {"demo", "paper", "study-demo"}
+    assert {d["name"] for d in deployments} >= {"demo", "paper", "study-demo", "bench-transnas"}
     for deployment in deployments:
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]), use_placeholder_flow=False)
         params = flow.validate_parameters(deployment["parameters"])
+        if flow.name == "pinas-bench":  # no pipeline config: its parameters are the benchmark's own
+            continue
         config = flow_config(params)  # what the flow builds from them
         assert config.profile == deployment["parameters"]["profile"], deployment["name"]
+
+
+def test_the_flows_reach_the_stages_only_through_the_table():
+    """A stage is wired in one place, ``pinas.stages.graph``: the flows import no stage module's run function, and
+    every stage module with a pipeline entry has its row."""
+    from pinas.stages.graph import STAGES
+
+    graph = import_graph()
+    stage_modules = {n for n in graph if n.startswith("pinas.stages.")} - {"pinas.stages.common",
+                                                                          "pinas.stages.graph"}
+    for path in (ROOT / "flows").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in stage_modules:
+                names = [alias.name for alias in node.names]
+                assert not [n for n in names if n == "run" or n.startswith("run_")], (path.name, node.module, names)
+    rows = {stage.run.__module__ for stage in STAGES}
+    entries = {n for n in stage_modules if "def run(" in (ROOT / (n.replace(".", "/") + ".py")).read_text()}
+    assert entries == rows, f"stage modules with a run() but no row in the table: {sorted(entries - rows)}"

@@ -10,8 +10,10 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,11 @@ from prefect_runs import artifacts_of, embedded_pngs, runs_of, task_states
 from readme_deploy import processes_with
 
 from flows.cli import main as cli_main
-from flows.pipeline import pinas_pipeline
+from flows.pipeline import join_as_follower, pinas_pipeline
+from pinas.config import load_config
+from pinas.data.sources import resolve_datasets
 from pinas.io.artifacts import sha256_file, verify_manifest
+from pinas.io.stage_dirs import SearchDir
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -47,8 +52,12 @@ def run(overrides, root):
     return summary, {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}, flow_run
 
 
+SEARCH = {"population": 4, "generations": 1, "parents": 2, "mutations": 1, "crossovers": 1, "top_k": 2,
+          "evaluator": {"proxy": "bn_gamma", "batch_size": 16, "recal_batches": 1, "heldout_images": 16}}
+
+
 def test_cache_hits_changes_and_rebuilds(tmp_path):
-    summary, states, flow_run = run(TINY, tmp_path)
+    summary, states, flow_run = run({**TINY, "stages": ["supernet", "search"], "search": SEARCH}, tmp_path)
     assert flow_run.state.is_completed()
     # the UI gets the loss curve as an image it renders inline, and a progress bar at 100 %
     artifacts = artifacts_of(flow_run.id)
@@ -61,18 +70,28 @@ def test_cache_hits_changes_and_rebuilds(tmp_path):
     artifact = record["files"]["supernet.pt"]
     digest, ckpts = sha256_file(artifact), sorted(p.name for p in (tmp_path / "stages").glob("*/checkpoints/*"))
 
-    # same settings: the task is a Prefect cache hit and nothing is trained again
-    summary2, states2, _ = run(TINY, tmp_path)
-    assert states2["supernet"] == "Cached"
-    assert summary2["stages"]["supernet"] == record
-    assert sorted(p.name for p in (tmp_path / "stages").glob("*/checkpoints/*")) == ckpts
+    searched = summary["stages"]["search"]
 
-    # corrupted artifact: detected, the stage runs again and re-derives it from its final checkpoint
+    # same settings up to how the run executes (workers, logging, checkpoint cadence, the search's device): the
+    # tasks are Prefect cache hits, nothing is trained again, and the UI shows the same plots as a fresh run
+    runtime = {**TINY, "stages": ["supernet", "search"],
+               "supernet": {**TINY["supernet"], "num_workers": 1, "log_every": 3, "checkpoint_every": 5},
+               "search": {**SEARCH, "evaluator": {**SEARCH["evaluator"], "device": "cpu", "cache_mb": 1}}}
+    summary2, states2, flow_run2 = run(runtime, tmp_path)
+    assert states2["supernet"] == "Cached" and states2["search"] == "Cached"
+    assert summary2["stages"]["supernet"] == record and summary2["stages"]["search"] == searched
+    assert sorted(p.name for p in (tmp_path / "stages").glob("*/checkpoints/*")) == ckpts
+    cached_artifacts = artifacts_of(flow_run2.id)
+    assert embedded_pngs(cached_artifacts["supernet-curves"]) and embedded_pngs(cached_artifacts["search-plots"])
+    assert "supernet-summary" in cached_artifacts and "search-top-k" in cached_artifacts
+
+    # corrupted artifact: detected, the stage runs again and re-derives it byte-identical from its final
+    # checkpoint; the search reads the same content, so it stays cached (its key hashes content, not the manifest)
     with open(artifact, "r+b") as f:
         f.seek(100)
         f.write(b"garbage")
-    _, states3, _ = run(TINY, tmp_path)
-    assert states3["supernet"] == "Completed"
+    _, states3, _ = run(runtime, tmp_path)
+    assert states3["supernet"] == "Completed" and states3["search"] == "Cached"
     assert sha256_file(artifact) == digest
     verify_manifest(record["dir"])
 
@@ -89,6 +108,38 @@ def test_cache_hits_changes_and_rebuilds(tmp_path):
     assert states5["supernet"] == "Completed"
     assert summary5["stages"]["supernet"]["dir"] != record["dir"]
     verify_manifest(record["dir"])
+
+
+@pytest.mark.slow
+def test_a_follower_node_joins_each_distributed_stage_in_the_folder_node_0_uses(tmp_path):
+    """Two nodes on one machine: node 0 runs the flow, node 1 (no Prefect) joins the supernet and the search
+    torchrun jobs; it must find each stage's folder from the same settings and upstream content as node 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = {"count": 2, "master_addr": "127.0.0.1", "master_port": port}
+    settings = {**TINY, "stages": ["supernet", "search"], "search": SEARCH, "nodes": nodes}
+    followed, errors = {}, []
+    # the generated data first: two nodes generating it into one folder at once is not what a cluster does
+    resolve_datasets(load_config(profile="demo", overrides=settings).data, tmp_path, ("imagenet",))
+
+    def follow() -> None:
+        try:
+            config = load_config(profile="demo", overrides={**settings, "nodes": {**nodes, "rank": 1}})
+            followed.update(join_as_follower(config, str(tmp_path), timeout_s=600))
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    summary, states, _ = run(settings, tmp_path)
+    follower.join(timeout=600)
+    assert not errors, errors
+    assert states["supernet"] == states["search"] == "Completed"
+    assert {name: rec["dir"] for name, rec in followed["stages"].items()} == {
+        name: summary["stages"][name]["dir"] for name in ("supernet", "search")}
+    assert SearchDir(summary["stages"]["search"]["dir"]).result()["best"]["arch"] == \
+        summary["stages"]["search"]["metrics"]["best_arch"]
 
 
 def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
@@ -130,14 +181,22 @@ def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))
 
 
-def test_settings_that_cannot_work_stop_before_training(tmp_path, capsys):
+def test_settings_that_cannot_work_stop_before_training_and_before_prefect(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"stages": ["supernet", "search"], "data": TINY["data"],
                                       "supernet": TINY["supernet"], "search": {"max_params_m": 0.001}}))
-    assert cli_main(["run", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err
-    assert "pinas-pipeline: error: the run cannot start:" in err
-    assert "search: no architecture satisfies max_params_m" in err
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO))
+    for args, message in ((["--config", str(config)], "search: no architecture satisfies max_params_m"),
+                          (["--set", "supernet.epochs=-1"], "supernet.epochs: Input should be greater than 0")):
+        proc = subprocess.run([str(Path(sys.executable).parent / "pinas-pipeline"), "run", *args, "--run-dir",
+                               str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        # one message, and no Prefect: no temporary API was started (nor stopped), no traceback
+        assert proc.stderr.startswith("pinas-pipeline: error:"), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and "temporary server" not in proc.stderr.lower()
+        assert message in proc.stderr
+        assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*.db"))
     assert not list((tmp_path / "r" / "stages").glob("supernet-*"))  # nothing trained
 
 

@@ -6,6 +6,7 @@ The datasets are copies of the generated demo data in the real formats, edited t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from pinas.config import ConfigError, load_config
 from pinas.data.sources import DataConfig, resolve_datasets
-from pinas.preflight import PreflightError, check_run
+from pinas.preflight import PreflightError, check_run, mmcv_cuda_ops
 
 #: 80 ImageNet-format training images: the search holdout (a tenth) leaves the demo probe's global batch of 64
 SMALL = {"det_train_images": 4, "det_val_images": 2, "cls_train_per_class": 16, "cls_val_per_class": 2}
@@ -116,3 +117,22 @@ def test_users_own_coco_categories(folders, tmp_path):
     assert cfg.model.roi_head.bbox_head.num_classes == cfg.model.roi_head.mask_head.num_classes == 3
     assert cfg.train_dataloader.dataset.metainfo.classes == classes == cfg.val_dataloader.dataset.metainfo.classes
     assert cfg.model.rpn_head.get("num_classes", 1) == 1  # the RPN's single "object" class is left alone
+
+
+def test_more_processes_than_the_node_has_is_refused_unless_forced(folders, tmp_path):
+    cores = os.cpu_count() or 1
+    devices = 1 << cores.bit_length()  # more than the cores, and a power of two every global batch divides by
+    batches = {"supernet": {"batch_size": 4 * devices, "base_batch": 4 * devices, "queue_size": 8 * devices},
+               "linear_probe": {"batch_size": 4 * devices}, "retrain": {"batch_size": 4 * devices}}
+    refusal = f"devices = {devices}: supernet would run {devices} processes per node, and this node has {cores} CPU"
+    with pytest.raises(PreflightError, match=refusal):
+        _check(folders, tmp_path, devices=devices, stages=["supernet"], **batches)
+    _check(folders, tmp_path, devices=devices, oversubscribe=True, stages=["supernet"], **batches)
+
+
+@pytest.mark.skipif(mmcv_cuda_ops() == "ok", reason="this mmcv has CUDA ops")
+def test_transfers_on_cuda_with_a_cpu_only_mmcv_stop_before_training(folders, tmp_path):
+    with pytest.raises(PreflightError) as err:
+        _check(folders, tmp_path, arch="11-11-11-11", stages=["retrain", "transfer"], transfer={"device": "cuda"})
+    assert "mmcv's ops were compiled without CUDA" in str(err.value) and "transfer.device: cpu" in str(err.value)
+    _check(folders, tmp_path, arch="11-11-11-11", stages=["retrain", "transfer"], transfer={"device": "cpu"})

@@ -18,19 +18,19 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from pinas.config import load_config
 from pinas.data.demo import SHAPE_CLASSES
 from pinas.data.images import DataError, ImageFolderDataset
 from pinas.data.transforms import Normalize, center_crop
 from pinas.io.artifacts import verify_manifest
+from pinas.io.stage_dirs import RetrainDir
 from pinas.models.backbone import Classifier, PiNASBackbone, build_subnet
 from pinas.models.supernet_pi import SupernetPi
 from pinas.space import DEMO
 from pinas.stages.retrain import (
-    DEMO_OVERRIDES,
     OUTPUTS,
     RetrainConfig,
     evaluate,
-    load_retrained,
     param_groups,
     run_retrain,
     supernet_backbone_state,
@@ -38,6 +38,7 @@ from pinas.stages.retrain import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_OVERRIDES = load_config(profile="demo").retrain.model_dump()  # the demo profile's retrain section
 DEMO_ARCH = "30-12-23-01"  # mixes all four candidates
 #: A few steps with every random augmentation on (mixup, RandAugment, jitter, lighting), so exact resume is tested
 #: on every RNG consumer; 40 images in batches of 8 -> 5 steps per epoch, 10 in all.
@@ -103,7 +104,9 @@ def test_model_pt_loads_standalone_and_reproduces_top1(demo_run, retrain_data):
     out, manifest, _ = demo_run
     meta = json.loads((out / "model_config.json").read_text())
     assert meta == {"space": "demo", "arch": DEMO_OVERRIDES["arch"], "num_classes": 5,
-                    "classes": sorted(SHAPE_CLASSES), "input_size": 64}
+                    "classes": sorted(SHAPE_CLASSES), "input_size": 64,
+                    "preprocessing": {"crop": 64, "resize": 73, "mean": [0.485, 0.456, 0.406],
+                                      "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}}
     state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert {k.split(".")[0] for k in state} == {"backbone", "fc"}
@@ -156,8 +159,8 @@ def test_sigkilled_cli_run_resumes_exactly(tiny_data, tiny_reference, tmp_path):
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(RetrainConfig(**TINY).model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pinas.stages.retrain", "--config", str(cfg_path), "--data-dir",
-                             str(tiny_data), "--out", str(out)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pinas.stages.rank", "retrain", "--config", str(cfg_path),
+                             "--paths", json.dumps({"data_dir": str(tiny_data)}), "--out", str(out)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -182,9 +185,9 @@ def test_two_process_torchrun_run_reports_what_one_process_measures(tiny_data, t
     # 40 training images in global batches of 4 (2 per process) for 2 epochs; lr 0.05 at 8 images -> 0.025 at 4
     assert [r["step"] for r in steps] == list(range(1, 21))
     assert steps[0]["lr"] == pytest.approx(0.025)
-    model = load_retrained(tmp_path / "ddp")
-    val = ImageFolderDataset(tiny_data / "val", cfg.decode)
-    single = evaluate(model, val, cfg.crop_size, torch.device("cpu"), batch_size=7)
+    model = RetrainDir(tmp_path / "ddp").load_classifier()
+    val = ImageFolderDataset(tiny_data / "val", cfg.preprocessing.resize)
+    single = evaluate(model, val, cfg.preprocessing, torch.device("cpu"), batch_size=7)
     assert single["images"] == len(val) == 20
     assert single["top1"] == pytest.approx(manifest["metrics"]["top1"], abs=1e-9)
     assert single["top5"] == pytest.approx(json.loads((tmp_path / "ddp" / "metrics.json").read_text())["top5"])
@@ -214,7 +217,7 @@ def test_config_defaults_are_the_recipe():
     assert (cfg.label_smoothing, cfg.mixup, cfg.randaug_n, cfg.randaug_m) == (0.1, 0.2, 2, 12)
     assert cfg.crop_scale == (0.1, 1.0) and cfg.no_bn_bias_decay and not cfg.init_from_supernet
     assert cfg.arch == "301-3231-203213-032"  # "pinas-cls", stored in the canonical stage-grouped form
-    assert (cfg.crop_size, cfg.decode) == (224, 256)
+    assert (cfg.preprocessing.crop, cfg.preprocessing.resize) == (224, 256)
 
 
 # ------------------------------------------------------------------------------------------ bad inputs

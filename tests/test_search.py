@@ -19,7 +19,7 @@ from pinas.io.stage_dirs import SearchDir, SupernetDir
 from pinas.search.constraints import cost_model, pareto_front
 from pinas.search.evaluation import EvaluatorConfig, build_evaluator
 from pinas.search.ranking import bootstrap_ci, compare, kendall_tau, load_scores, main, spearman_rho
-from pinas.search.evolution import InfeasibleError
+from pinas.search.searcher import InfeasibleError
 from pinas.space import DEMO
 from pinas.stages.search import SearchConfig, run_search, search_images
 
@@ -161,7 +161,7 @@ def test_killed_search_resumes_at_the_next_generation_with_the_same_result(unint
     assert _run(CONTRASTIVE, supernet, data, out, stop_after_generation=0) == \
         {"stopped_after_generation": 0}
     state = json.loads((out / STATE).read_text())
-    assert state["generation"] == 0 and len(state["candidates"]) == 8 and not (out / RESULT).exists()
+    assert state["generation"] == 0 and len(state["records"]) == 8 and not (out / RESULT).exists()
     reports = []
     _run(CONTRASTIVE, supernet, data, out, progress=lambda done, total, rec: reports.append((done, rec)))
     evaluated = [rec for _, rec in reports if "arch" in rec]

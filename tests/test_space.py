@@ -112,8 +112,11 @@ def test_mutation_and_crossover_are_seeded_and_stay_in_the_space():
     assert child == RESNEST50.crossover(parent, other, np.random.default_rng(2))
     assert all(c in (a, b) for a, b, c in zip(parent, other, child))
     RESNEST50.validate(child)
-    differing = RESNEST50.sample_differing(parent, rng)
-    assert all(a != b for a, b in zip(parent, differing))
+    one = RESNEST50.mutate_one(parent, rng)
+    assert sum(a != b for a, b in zip(parent, one)) == 1
+    neighbours = RESNEST50.neighbours(parent)
+    assert len(neighbours) == len(set(neighbours)) == 16 * 3
+    assert all(sum(a != b for a, b in zip(parent, n)) == 1 for n in neighbours)
 
 
 def test_space_rejects_candidates_that_do_not_fit_the_widths():

@@ -148,8 +148,8 @@ def test_contrastive_loss_falls_and_artifact_is_tensor_only(demo_data, tmp_path)
 def _train_cli(cfg: SupernetConfig, train_dir: Path, out: Path, extra=()):
     cfg_path = out.parent / f"{out.name}.json"
     cfg_path.write_text(cfg.model_dump_json())
-    return [sys.executable, "-m", "pinas.stages.supernet", "--config", str(cfg_path), "--train-dir",
-            str(train_dir), "--out", str(out), *extra]
+    return [sys.executable, "-m", "pinas.stages.rank", "supernet", "--config", str(cfg_path), "--paths",
+            json.dumps({"train_dir": str(train_dir)}), "--out", str(out), *extra]
 
 
 def _env():

@@ -40,6 +40,11 @@ def _run(name: str, data: dict[str, Path], work_dir: Path, **kwargs) -> dict:
                         data_root=data[name], **kwargs)
 
 
+def _untrained(name: str, data: dict[str, Path], work_dir: Path) -> dict[str, float]:
+    """The metrics of the same network at its initialisation (one iteration at lr 0), on the same val data."""
+    return _run(name, data, work_dir, length=1, cfg_options={"optim_wrapper.optimizer.lr": 0.0})["metrics"]
+
+
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_config_builds(name):
     scope, num_classes = PAPER[name]
@@ -103,10 +108,11 @@ def test_bad_inputs_fail_before_training(data, tmp_path):
 @pytest.mark.slow
 def test_mask_rcnn_demo_learns_boxes_and_masks(data, tmp_path):
     # 60 of the demo config's 200 iterations: box / mask AP about 0.08 here, well clear of zero, in a third the time
-    result = _run("coco", data, tmp_path, length=60)
-    metrics = result["metrics"]
-    assert metrics["coco/bbox_mAP"] > 0 and metrics["coco/segm_mAP"] > 0, metrics
-    assert json.loads((tmp_path / METRICS_FILE).read_text()) == result
+    result = _run("coco", data, tmp_path / "trained", length=60)
+    metrics, untrained = result["metrics"], _untrained("coco", data, tmp_path / "untrained")
+    for key in ("coco/bbox_mAP", "coco/segm_mAP"):
+        assert metrics[key] > untrained[key] + 0.02, (key, metrics, untrained)
+    assert json.loads((tmp_path / "trained" / METRICS_FILE).read_text()) == result
     assert result["start_iter"] == 0 and result["end_iter"] > 0
     assert result["wall_time_s"] > 0 and result["peak_rss_mib"] > 0
 
@@ -121,8 +127,9 @@ def test_a_detector_with_no_detection_scores_zero_ap(data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ade20k", "cityscapes"])
 def test_deeplabv3_demo_learns_segmentation(name, data, tmp_path):
-    result = _run(name, data, tmp_path)
-    assert result["metrics"]["mIoU"] > 0 and result["metrics"]["aAcc"] > 0, result["metrics"]
+    metrics = _run(name, data, tmp_path / "trained")["metrics"]
+    untrained = _untrained(name, data, tmp_path / "untrained")
+    assert metrics["mIoU"] > untrained["mIoU"] + 2 and metrics["aAcc"] > untrained["aAcc"], (metrics, untrained)
 
 
 @pytest.mark.slow

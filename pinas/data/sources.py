@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pinas.data.demo import DemoDataSpec, generate_all
 from pinas.data.fingerprint import DigestCache, fingerprint_tree
-from pinas.data.images import SearchHoldout
+from pinas.data.images import DataError, SearchHoldout
 
 DATASETS = ("imagenet", "coco", "ade20k", "cityscapes")
 FINGERPRINT_CACHE = "annotation-digests.json"  # under <run root>/data/
@@ -29,10 +29,6 @@ REQUIRED_LAYOUT = {
     "ade20k": ("images/training", "images/validation", "annotations/training", "annotations/validation"),
     "cityscapes": ("leftImg8bit/train", "leftImg8bit/val", "gtFine/train", "gtFine/val"),
 }
-
-
-class DatasetError(ValueError):
-    """A dataset path that is missing or not in the expected layout."""
 
 
 class DataConfig(BaseModel):
@@ -52,12 +48,12 @@ class DataConfig(BaseModel):
 
 
 def check_layout(name: str, root: Path) -> None:
-    """Raise :class:`DatasetError` naming ``data.<name>`` and the first missing sub-path."""
+    """Raise :class:`DataError` naming ``data.<name>`` and the first missing sub-path."""
     if not root.is_dir():
-        raise DatasetError(f"data.{name}: folder {root} does not exist")
+        raise DataError(f"data.{name}: folder {root} does not exist")
     for rel in REQUIRED_LAYOUT[name]:
         if not (root / rel).exists():
-            raise DatasetError(f"data.{name}: {root} is not in the {name} layout: {root / rel} is missing")
+            raise DataError(f"data.{name}: {root} is not in the {name} layout: {root / rel} is missing")
 
 
 def check_folders(cfg: DataConfig, needed: tuple[str, ...]) -> None:
@@ -66,7 +62,7 @@ def check_folders(cfg: DataConfig, needed: tuple[str, ...]) -> None:
         for name in needed:
             path = getattr(cfg, name)
             if path is None:
-                raise DatasetError(f"data.{name}: no path given (needed by the stages this run includes)")
+                raise DataError(f"data.{name}: no path given (needed by the stages this run includes)")
             check_layout(name, Path(path).expanduser())
 
 
@@ -86,6 +82,3 @@ def resolve_datasets(cfg: DataConfig, run_root: Path, needed: tuple[str, ...] = 
         out[name] = {"path": str(root), "fingerprint": fingerprint_tree(root, cache)}
     return out
 
-
-def describe(datasets: dict[str, dict]) -> str:
-    return json.dumps({k: v["path"] for k, v in datasets.items()}, indent=2)

@@ -21,9 +21,7 @@ import torch
 from torch import nn
 
 from pinas.data.images import CropSpec
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pinas.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 #: AlexNet "PCA lighting" noise: the eigen-decomposition of ImageNet's RGB covariance (pixel values in 0..1).
 _PCA_EIGVAL = (0.2175, 0.0188, 0.0045)

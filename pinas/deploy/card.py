@@ -54,8 +54,16 @@ def render_card_md(card: dict[str, Any]) -> str:
     agreement = card["parity"]["model"].get("top1_agreement")
     lines += ["", f"Top-1 agreement: {_fmt(agreement)} on {card['parity']['model']['images']} images "
                   f"(tolerance {card['parity']['model']['tolerance_abs']:g})."]
+    table = (card.get("latency") or {}).get("table")
+    if table:
+        s = table["settings"]
+        lines += ["", f"## Latency table ({table['path']})", "", f"Predicted for this architecture: "
+                  f"{table['predicted_ms']:.3f} ms; the exported model measured with the table's settings "
+                  f"({s['provider']}, {s['threads']} thread(s), batch {s['batch']}): {table['measured_ms']:.3f} ms "
+                  f"({table['error_pct']:+.1f} %). The table's own check on whole networks: MAPE "
+                  f"{table['table_mape_pct']} %, Kendall tau {table['table_kendall_tau']}."]
     lat = card.get("latency")
-    if lat:
+    if lat and lat.get("batches"):
         lines += ["", f"## CPU latency ({lat['threads']} thread(s), {lat['repeats']} repeats, median [p10, p90] ms)",
                   "", "| batch | backend | median | p10 | p90 | ratio vs torch |", "|---|---|---|---|---|---|"]
         for batch, entry in lat["batches"].items():

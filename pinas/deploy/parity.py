@@ -1,7 +1,7 @@
 """onnxruntime against torch eager on real validation images: a silently wrong export is worse than none.
 
-Images are decoded exactly like the retrain evaluation (short side to ``round(size * 8/7)``, square, centre crop,
-ImageNet normalisation), so the check sees what deployment will see.
+Images are decoded exactly like the retrain evaluation (its :class:`~pinas.data.preprocess.EvalPreprocessing`), so the
+check sees what deployment will see.
 """
 from __future__ import annotations
 
@@ -15,30 +15,28 @@ import torch
 from torch import nn
 
 from pinas.data.images import ImageFolderDataset, sequential_batches
+from pinas.data.preprocess import EvalPreprocessing
 from pinas.data.transforms import Normalize, center_crop
 from pinas.deploy.errors import ParityError
 from pinas.deploy.onnx_export import INPUT_NAME
-from pinas.deploy.predict import resize_size
 
 _BATCH = 16  # inference chunk for parity / accuracy; smaller than most sets, so the dynamic axis gets exercised
 
 
-def eval_dataset(folder: Path, input_size: int, limit: int | None, resize: int | None = None) -> ImageFolderDataset:
-    """Images decoded like the retrain evaluation: short side to ``resize`` (default round(size*8/7)), square.
-
-    :func:`iter_batches` then centre-crops ``input_size``, as the retrain evaluation does.
-    """
-    return ImageFolderDataset(folder, resize or resize_size(input_size), limit=limit)
+def eval_dataset(folder: Path, preprocessing: EvalPreprocessing, limit: int | None) -> ImageFolderDataset:
+    """Images decoded like the retrain evaluation: the short side to ``preprocessing.resize``, square;
+    :func:`iter_batches` then takes the centre crop and normalises."""
+    return ImageFolderDataset(folder, preprocessing.resize, limit=limit)
 
 
-def iter_batches(dataset: ImageFolderDataset, input_size: int, batch: int = _BATCH
+def iter_batches(dataset: ImageFolderDataset, preprocessing: EvalPreprocessing, batch: int = _BATCH
                  ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Normalised float batches and their labels, streamed (the int8 comparison may read thousands of images)."""
-    normalize = Normalize()
+    normalize = Normalize(preprocessing.mean, preprocessing.std)
     for idx in sequential_batches(len(dataset), batch):
         items = [dataset[i] for i in idx]
         x = torch.stack([img for img, _ in items])
-        yield normalize(center_crop(x, input_size)), np.array([label for _, label in items])
+        yield normalize(center_crop(x, preprocessing.crop)), np.array([label for _, label in items])
 
 
 

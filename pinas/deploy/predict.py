@@ -1,10 +1,10 @@
 """Torch-free inference with an exported pinas classifier: numpy, Pillow and onnxruntime only.
 
 Why a separate module: the point of exporting is to deploy without PyTorch, so this file must not import torch,
-nor anything in ``pinas`` that does. Preprocessing is therefore re-implemented here with
-Pillow and numpy, step for step like the retrain evaluation (``decode_square`` to ``round(input_size * 8 / 7)``,
-centre crop, ImageNet mean/std); ``tests/test_export.py`` checks that both give the same top-1. The export stage
-writes the preprocessing parameters and class names into the ONNX file's metadata, which this module reads.
+nor anything in ``pinas`` that does. The preprocessing record (:class:`pinas.data.preprocess.EvalPreprocessing`,
+torch-free) comes from the ONNX file's metadata, where the export stage wrote the retrain's record, with the class
+names; it is applied here with Pillow and numpy, step for step like the retrain evaluation (``decode_square`` to the
+record's ``resize``, centre crop, mean/std); ``tests/test_export.py`` checks that both give the same top-1.
 
 CLI: ``python -m pinas.deploy.predict model.onnx img1.jpg [img2.jpg ...] [--top 3] [--json]``
 """
@@ -21,20 +21,13 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-# Same values as pinas.data.transforms (which imports torch, so they are repeated here; a test keeps them equal).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pinas.data.preprocess import EvalPreprocessing
+
 META_PREPROCESS = "pinas.preprocess"
 META_CLASSES = "pinas.classes"
 
 
-def resize_size(input_size: int) -> int:
-    """Short side before the centre crop: the usual 224/256 ratio (8/7), as in retraining evaluation."""
-    return round(input_size * 8 / 7)
-
-
-def load_image(image: str | os.PathLike | Image.Image, resize: int, crop: int,
-               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def load_image(image: str | os.PathLike | Image.Image, preprocessing: EvalPreprocessing) -> np.ndarray:
     """float32 CHW: RGB, short side to ``resize`` (bilinear) and centre square, centre ``crop``, normalised.
 
     The two-step crop (square of ``resize``, then ``crop`` inside it) mirrors ``pinas.data.images.decode_square``
@@ -43,6 +36,7 @@ def load_image(image: str | os.PathLike | Image.Image, resize: int, crop: int,
     opened = None if isinstance(image, Image.Image) else Image.open(image)
     try:
         img = (image if opened is None else opened).convert("RGB")
+        resize, crop = preprocessing.resize, preprocessing.crop
         w, h = img.size
         scale = resize / min(w, h)
         img = img.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.BILINEAR)
@@ -54,8 +48,8 @@ def load_image(image: str | os.PathLike | Image.Image, resize: int, crop: int,
             opened.close()
     off = (resize - crop) // 2
     x = square[off:off + crop, off:off + crop].transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-    mean_ = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std_ = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    mean_ = np.asarray(preprocessing.mean, dtype=np.float32).reshape(3, 1, 1)
+    std_ = np.asarray(preprocessing.std, dtype=np.float32).reshape(3, 1, 1)
     return (x - mean_) / std_
 
 
@@ -79,20 +73,24 @@ class OnnxClassifier:
             raise ValueError(f"{self.path}: expected an image model with input (N, C, H, W), got {inp.shape}")
         self.input_shape = tuple(inp.shape[1:])  # (C, H, W); ints, or a name for a dynamic axis
         meta = self.session.get_modelmeta().custom_metadata_map
-        pre = json.loads(meta.get(META_PREPROCESS, "{}"))
         declared = self.input_shape[-1] if isinstance(self.input_shape[-1], int) else None
         if input_size is not None and declared is not None and input_size != declared:
             raise ValueError(f"{self.path}: model expects {declared}x{declared} input, input_size={input_size} given")
-        self.input_size = int(input_size or declared or pre.get("crop") or 0)
-        if not self.input_size:
+        if META_PREPROCESS in meta:
+            self.preprocessing = EvalPreprocessing.from_dict(json.loads(meta[META_PREPROCESS]),
+                                                             f"{self.path} metadata {META_PREPROCESS}")
+        elif input_size or declared:  # a model pinas did not export: the ImageNet evaluation of its input size
+            self.preprocessing = EvalPreprocessing.for_input(int(input_size or declared))
+        else:
             raise ValueError(f"{self.path}: input size is not declared in the model; pass input_size")
-        self.resize = int(pre.get("resize", resize_size(self.input_size)))
-        self.mean = tuple(pre.get("mean", IMAGENET_MEAN))
-        self.std = tuple(pre.get("std", IMAGENET_STD))
+        if declared is not None and self.preprocessing.crop != declared:
+            raise ValueError(f"{self.path}: its preprocessing crops {self.preprocessing.crop} px, its input is "
+                             f"{declared} px")
+        self.input_size = self.preprocessing.crop
         self.classes: list[str] | None = json.loads(meta[META_CLASSES]) if META_CLASSES in meta else None
 
     def preprocess(self, images: Sequence[str | os.PathLike | Image.Image]) -> np.ndarray:
-        return np.stack([load_image(im, self.resize, self.input_size, self.mean, self.std) for im in images])
+        return np.stack([load_image(im, self.preprocessing) for im in images])
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Reject a batch the model cannot take, naming expected vs got, before onnxruntime sees it."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from pinas.data.preprocess import EvalPreprocessing
 from pinas.deploy.onnx_export import INPUT_NAME
 from pinas.deploy.parity import eval_dataset, iter_batches, ort_session
 from pinas.io.artifacts import atomic_write_bytes
@@ -36,10 +37,10 @@ class _CalibrationReader:
         return {INPUT_NAME: x}
 
 
-def calibration_batches(train_dir: Path, input_size: int, limit: int, resize: int | None = None
+def calibration_batches(train_dir: Path, preprocessing: EvalPreprocessing, limit: int
                         ) -> Iterator[np.ndarray]:
     """Training images (an even spread over classes), preprocessed like evaluation, as the int8 calibration set."""
-    return (x.numpy() for x, _ in iter_batches(eval_dataset(train_dir, input_size, limit, resize), input_size))
+    return (x.numpy() for x, _ in iter_batches(eval_dataset(train_dir, preprocessing, limit), preprocessing))
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, batches: Iterable[np.ndarray],
@@ -71,14 +72,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: Iterable[np.ndarray]
             "activations": "uint8", "weights": "int8", "calibration": "minmax"}
 
 
-def compare_accuracy(models: dict[str, Path], val_dir: Path, input_size: int, limit: int,
-                     threads: int | None = None, resize: int | None = None) -> dict[str, Any]:
+def compare_accuracy(models: dict[str, Path], val_dir: Path, preprocessing: EvalPreprocessing, limit: int,
+                     threads: int | None = None) -> dict[str, Any]:
     """Top-1 (%, like the retrain metrics) of each ONNX model on the same validation images, and the fraction of
     images on which each agrees with the first model."""
     sessions = {name: ort_session(path, threads) for name, path in models.items()}
     preds: dict[str, list[np.ndarray]] = {name: [] for name in models}
     labels = []
-    for x, y in iter_batches(eval_dataset(val_dir, input_size, limit, resize), input_size):
+    for x, y in iter_batches(eval_dataset(val_dir, preprocessing, limit), preprocessing):
         labels.append(y)
         for name, session in sessions.items():
             preds[name].append(session.run(None, {INPUT_NAME: x.numpy()})[0].argmax(1))

@@ -55,6 +55,26 @@ class Nodes(BaseModel):
 SINGLE_NODE = Nodes()
 
 
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a Slurm node list in its compressed form: ``gpu[07-09,12],cpu3`` -> ``gpu07``."""
+    first = re.match(r"[^,\[]*(\[[^\]]*\])?[^,]*", nodelist.strip()).group(0)
+    bracket = re.search(r"\[([^\]]*)\]", first)
+    if not bracket:
+        return first
+    start = re.split(r"[,-]", bracket.group(1))[0]  # the first index, zero padding kept
+    return first[:bracket.start()] + start + first[bracket.end():]
+
+
+def slurm_nodes(env: dict[str, str]) -> dict[str, object]:
+    """The node count, this node's rank and node 0's address from Slurm's environment (``srun``), or {} outside
+    Slurm. The port is not Slurm's to give: it stays the config's."""
+    count = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not count or "SLURM_NODEID" not in env or not nodelist:
+        return {}
+    return {"count": int(count), "rank": int(env["SLURM_NODEID"]), "master_addr": first_slurm_host(nodelist)}
+
+
 def run_module(module: str, args: Sequence[str], nproc: int = 1, env: dict[str, str] | None = None,
                log_file: Path | None = None, nodes: Nodes = SINGLE_NODE) -> None:
     """Run ``python -m module args`` (through torchrun for ``nproc > 1`` or several nodes), streaming its output to

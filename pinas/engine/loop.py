@@ -227,6 +227,10 @@ class LoggerHook(Hook):
             self.steplog.write(record)
             self._report(loop, "eval", record)
 
+    def after_run(self, loop: TrainLoop) -> None:
+        if self.steplog is not None:
+            self.steplog.close()
+
     def _report(self, loop: TrainLoop, kind: str, record: dict[str, Any]) -> None:
         shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
         log.info("%s%s step %d/%d (epoch %.3g): %s", loop.name, " eval at" if kind == "eval" else "", loop.step,

@@ -45,7 +45,7 @@ class DevicePool:
         """The environment of a child running ``processes`` processes on ``devices``."""
         if self.kind == "cuda":
             return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, devices)), "OMP_NUM_THREADS": "1"}
-        return {"OMP_NUM_THREADS": str(max(1, len(devices) // processes))}
+        return {"OMP_NUM_THREADS": str(max(1, len(devices) // processes)), "CUDA_VISIBLE_DEVICES": ""}
 
 
 def share(placement: Placement, pool_size: int, jobs: int, kind: Literal["cuda", "cpu"]) -> tuple[int, int]:

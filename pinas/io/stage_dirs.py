@@ -7,6 +7,7 @@ or unfinished upstream folder is an error naming the file, never a silently wron
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pinas.data.preprocess import EvalPreprocessing
 from pinas.io.artifacts import (
     MANIFEST,
     ArtifactError,
@@ -35,6 +37,8 @@ class StageDir:
     """A stage's output folder: its files by name and its manifest (written last, so it means "finished")."""
 
     stage = "stage"
+    #: the files a later stage reads; their content (not the manifest, which holds wall times) keys those stages
+    HANDOFF: tuple[str, ...] = ()
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -66,6 +70,16 @@ class StageDir:
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return write_manifest(self.path, self.stage, files, config, metrics, extra)
 
+    def handoff_digest(self) -> str:
+        """sha256 over the manifest's digests of the :attr:`HANDOFF` files: what a later stage's cache key hashes,
+        so a stage rebuilt byte-identical (after a corrupted file, say) keeps every later stage cached."""
+        files = self.manifest()["files"]
+        missing = [name for name in self.HANDOFF if name not in files]
+        if missing:
+            raise ArtifactError(f"{self.path}: manifest lists no {', '.join(missing)}")
+        payload = json.dumps({name: files[name] for name in self.HANDOFF}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
 
 # ---------------------------------------------------------------------------------------------------- supernet
 class SupernetDir(StageDir):
@@ -73,17 +87,20 @@ class SupernetDir(StageDir):
 
     stage, ARTIFACT, CONFIG, STEP_LOG = "supernet", "supernet.pt", "config.json", "metrics.jsonl"
     OUTPUTS = [ARTIFACT, STEP_LOG, CONFIG]
+    HANDOFF = (ARTIFACT, CONFIG)
 
     def write(self, model: SupernetPi, settings: dict[str, Any], train_dir: Path) -> None:
         atomic_torch_save(model.artifact_state(), self / self.ARTIFACT)
         atomic_write_json(self / self.CONFIG, {"supernet": settings, "train_dir": str(train_dir)})
 
     def settings(self) -> dict[str, Any]:
-        """The supernet stage config it was trained with (after checking the folder's digests)."""
+        """The settings it was trained with, from its hand-off ``config.json`` (after checking the folder's
+        digests): the stage config's result settings, runtime fields left out."""
         manifest = self.require("supernet_dir")
-        if self.ARTIFACT not in manifest["files"]:
-            raise ArtifactError(f"supernet_dir {self.path}: manifest lists no {self.ARTIFACT}")
-        return manifest["config"]
+        missing = [name for name in self.HANDOFF if name not in manifest["files"]]
+        if missing:
+            raise ArtifactError(f"supernet_dir {self.path}: manifest lists no {', '.join(missing)}")
+        return read_json(self / self.CONFIG)["supernet"]
 
     def load(self, device: str | torch.device = "cpu") -> SupernetPi:
         """The trained supernet-Pi (student, teacher, queue), frozen and in eval mode."""
@@ -108,6 +125,7 @@ class ProbeDir(StageDir):
 
     stage, ARTIFACT, INFO, STEP_LOG = "linear_probe", "probe.pt", "probe.json", "metrics.jsonl"
     OUTPUTS = [ARTIFACT, INFO, STEP_LOG]
+    HANDOFF = (ARTIFACT, INFO)
 
     def write(self, head: nn.Linear, info: dict[str, Any]) -> None:
         atomic_torch_save({k: v.detach().cpu() for k, v in head.state_dict().items()}, self / self.ARTIFACT)
@@ -129,6 +147,7 @@ class StudyDir(StageDir):
     ``scatter-<proxy>.png``."""
 
     stage, REPORT = "study", "study.json"
+    HANDOFF = (REPORT,)
 
     @staticmethod
     def scatter(proxy: str) -> str:
@@ -152,6 +171,7 @@ class SearchDir(StageDir):
     stage, STATE, CANDIDATES, RESULT = "search", "search_state.json", "candidates.jsonl", "result.json"
     FITNESS_PLOT, PARETO_PLOT = "fitness.png", "pareto.png"
     OUTPUTS = [RESULT, CANDIDATES, STATE, FITNESS_PLOT, PARETO_PLOT]
+    HANDOFF = (RESULT,)
 
     def read_state(self) -> dict[str, Any] | None:
         path = self / self.STATE
@@ -187,6 +207,7 @@ class RetrainDir(StageDir):
     stage, MODEL, MODEL_CONFIG, METRICS, STEP_LOG = "retrain", "model.pt", "model_config.json", "metrics.json", \
         "metrics.jsonl"
     OUTPUTS = [MODEL, MODEL_CONFIG, METRICS, STEP_LOG]
+    HANDOFF = (MODEL, MODEL_CONFIG)  # metrics.json holds wall times; the same weights give the same metrics
 
     def write(self, model: nn.Module, model_config: dict[str, Any], metrics: dict[str, Any]) -> None:
         state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
@@ -196,7 +217,8 @@ class RetrainDir(StageDir):
         atomic_write_json(self / self.METRICS, metrics)
 
     def model_config(self) -> dict[str, Any]:
-        """``model_config.json``: space, arch, num_classes, classes, input_size (checked for completeness)."""
+        """``model_config.json``: space, arch, num_classes, classes, input_size, preprocessing (checked for
+        completeness)."""
         if not self.path.is_dir():
             raise ArtifactError(f"retrain folder {self.path} does not exist")
         for name in (self.MODEL, self.MODEL_CONFIG):
@@ -204,7 +226,7 @@ class RetrainDir(StageDir):
                 raise ArtifactError(f"{self / name}: missing (the retrain stage writes {self.MODEL} and "
                                     f"{self.MODEL_CONFIG})")
         config = read_json(self / self.MODEL_CONFIG)
-        missing = [k for k in ("space", "arch", "num_classes", "input_size") if k not in config]
+        missing = [k for k in ("space", "arch", "num_classes", "input_size", "preprocessing") if k not in config]
         if missing:
             raise ArtifactError(f"{self / self.MODEL_CONFIG}: missing field(s) {', '.join(missing)}")
         classes = config.get("classes")
@@ -212,6 +234,13 @@ class RetrainDir(StageDir):
             raise ArtifactError(f"{self / self.MODEL_CONFIG}: {len(classes)} classes listed but "
                                 f"num_classes={config['num_classes']}")
         return config
+
+    def preprocessing(self) -> EvalPreprocessing:
+        """The evaluation preprocessing the network was retrained (and is deployed) with."""
+        try:
+            return EvalPreprocessing.from_dict(self.model_config()["preprocessing"], str(self / self.MODEL_CONFIG))
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(str(exc)) from exc
 
     def metrics(self) -> dict[str, Any]:
         path = self / self.METRICS
@@ -239,6 +268,7 @@ class TransferDir(StageDir):
     ``transfer.log`` (the training process's whole output)."""
 
     stage, METRICS, RUN, LOG = "transfer", "metrics.json", "transfer_run.json", "transfer.log"
+    HANDOFF = (METRICS,)
 
     def __init__(self, path: str | Path, task: str | None = None):
         super().__init__(path)
@@ -270,6 +300,7 @@ class ExportDir(StageDir):
 
     stage, MODEL, BACKBONE, INT8, CARD_JSON, CARD_MD = "export", "model.onnx", "backbone.onnx", "model.int8.onnx", \
         "model_card.json", "model_card.md"
+    HANDOFF = (MODEL, BACKBONE)
 
     def card_markdown(self) -> str:
         return (self / self.CARD_MD).read_text()

@@ -81,10 +81,6 @@ class PiNASBackbone(nn.Module):
         self.feature_dim = self.out_channels[-1]
         init_weights(self)
 
-    @property
-    def is_supernet(self) -> bool:
-        return self.fixed_arch is None
-
     def _resolve(self, arch: Sequence[int] | None) -> Arch:
         if arch is None:
             if self.fixed_arch is None:

@@ -34,7 +34,7 @@ import pinas.openmmlab  # noqa: F401  (the backbone, and the globals MMEngine's 
 from pinas.io.stage_dirs import TransferDir
 from pinas.openmmlab.checks import TransferConfigError, check_transfer, registries
 from pinas.openmmlab.datasets import apply_data_classes, check_paths, set_data_root
-from pinas.openmmlab.schedule import scale_lr_with_batch, set_train_length, use_amp
+from pinas.openmmlab.schedule import scale_lr_with_batch, set_train_length, use_amp_optim_wrapper
 from pinas.space import get_space
 
 BACKBONE_TYPE = "PiNASResNeSt"
@@ -73,7 +73,7 @@ def prepare_config(config: str | Path, work_dir: Path, *, arch: str, space: str,
     if length is not None:
         set_train_length(cfg, length)
     if amp == "on" or (amp == "auto" and torch.cuda.is_available()):
-        use_amp(cfg)
+        use_amp_optim_wrapper(cfg)
     if auto_scale_lr:
         scale_lr_with_batch(cfg)
     cfg.work_dir = str(work_dir)
@@ -82,6 +82,9 @@ def prepare_config(config: str | Path, work_dir: Path, *, arch: str, space: str,
     if cfg.get("visualizer"):
         # the Visualizer is a process-wide named instance: with a fixed name a second run writes into the first's
         cfg.visualizer["name"] = f"pinas_transfer_{os.getpid()}_{time.time_ns()}"
+        backends = cfg.visualizer.setdefault("vis_backends", [])
+        if not any(b.get("type") == "TensorboardVisBackend" for b in backends):  # beside the other stages' curves
+            backends.append({"type": "TensorboardVisBackend"})
     _check_resumable(work_dir, {"config": config.name, "arch": backbone["arch"], "space": search_space.name})
     return cfg, classes
 

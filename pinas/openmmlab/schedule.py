@@ -4,8 +4,8 @@
   ``max_epochs``, in the config's own unit); schedulers in that unit follow (ends at the old length move to the new
   one, ``MultiStepLR`` milestones scale, schedulers that would start after the end are dropped), validation and
   checkpoint intervals longer than the run shrink to it.
-* :func:`use_amp`: ``AmpOptimWrapper`` with dynamic loss scaling, as ``tools/train.py --amp`` sets it (GPU only:
-  MMEngine's AMP wrapper refuses a CPU).
+* :func:`use_amp_optim_wrapper`: ``AmpOptimWrapper`` with dynamic loss scaling, as ``tools/train.py --amp`` sets it
+  (GPU only: MMEngine's AMP wrapper refuses a CPU).
 * :func:`scale_lr_with_batch`: MMEngine's own ``auto_scale_lr`` against the config's ``base_batch_size``; the
   Runner multiplies the lr by world size x per-GPU batch / base batch.
 """
@@ -54,7 +54,7 @@ def set_train_length(cfg, length: int) -> None:
         checkpoint["interval"] = length
 
 
-def use_amp(cfg) -> None:
+def use_amp_optim_wrapper(cfg) -> None:
     wrapper = cfg.optim_wrapper
     if wrapper.get("type", "OptimWrapper") == "OptimWrapper":
         wrapper["type"], wrapper["loss_scale"] = "AmpOptimWrapper", "dynamic"

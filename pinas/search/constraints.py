@@ -31,7 +31,10 @@ class ConstraintConfig(BaseModel):
     max_macs_m: float | None = Field(None, gt=0, description="constraint on millions of MACs (FLOPs / 2)")
     min_macs_m: float | None = Field(None, ge=0)
     max_latency_ms: float | None = Field(None, gt=0, description="needs latency_table or a latency_fn")
-    latency_table: str | None = Field(None, description='JSON {"fixed_ms": x, "layers": [[ms per choice], ...]}')
+    latency_table: str | None = Field(None, description='pinas-pipeline latency-table JSON (or a hand-made '
+                                      '{"fixed_ms": x, "layers": [[ms per choice], ...]})')
+    latency_margin: bool = Field(True, description="bound the table's predictions by max_latency_ms / (1 + the "
+                                 "table's MAPE on whole networks), so the measured latency stays within the bound")
 
     @model_validator(mode="after")
     def _check_bounds(self) -> ConstraintConfig:
@@ -43,22 +46,50 @@ class ConstraintConfig(BaseModel):
 
 
 class LatencyTable:
-    """Latency as a fixed part plus one measured entry per (layer, choice), in milliseconds."""
+    """Latency as a fixed part plus one measured entry per (layer, choice), in milliseconds.
 
-    def __init__(self, fixed_ms: float, layers: Sequence[Sequence[float]]):
-        self.fixed_ms, self.layers = float(fixed_ms), np.asarray(layers, float)
+    ``validation`` is what the table's own check on whole networks found (``pinas-pipeline latency-table``), when the
+    file holds one: ``trusted`` false means its error on whole networks is above its threshold."""
+
+    def __init__(self, fixed_ms: float, layers: Sequence[Sequence[float]], validation: dict | None = None):
+        self.fixed_ms, self.layers, self.validation = float(fixed_ms), np.asarray(layers, float), validation
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace) -> LatencyTable:
+        """The table in ``path`` for ``space``; a table of another space or input size, or a malformed one, is a
+        ``ValueError`` naming the field."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"latency_table {path} does not exist")
-        data = json.loads(path.read_text())
-        table = cls(data.get("fixed_ms", 0.0), data["layers"])
-        if table.layers.shape != (space.num_layers, space.num_choices):
-            raise ValueError(f"latency_table {path}: layers is {table.layers.shape}, space {space.name!r} needs "
-                             f"({space.num_layers}, {space.num_choices})")
-        return table
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"latency_table {path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"latency_table {path}: expected a JSON object with fixed_ms and layers")
+        made_for = data.get("settings") or {}
+        for field, wanted in (("space", space.name), ("input_size", space.input_size)):
+            if field in made_for and made_for[field] != wanted:
+                raise ValueError(f"latency_table {path}: measured for settings.{field} = {made_for[field]!r}, this "
+                                 f"search needs {wanted!r}; measure one for it (pinas-pipeline latency-table)")
+        if "layers" not in data:
+            raise ValueError(f"latency_table {path}: missing field 'layers' (ms per choice, one row per layer)")
+        fixed = data.get("fixed_ms", 0.0)
+        if not isinstance(fixed, (int, float)) or isinstance(fixed, bool) or fixed < 0:
+            raise ValueError(f"latency_table {path}: fixed_ms must be a number of ms >= 0, got {fixed!r}")
+        layers = data["layers"]
+        if not isinstance(layers, list) or len(layers) != space.num_layers:
+            got = f"{len(layers)} rows" if isinstance(layers, list) else type(layers).__name__
+            raise ValueError(f"latency_table {path}: layers must be a list of {space.num_layers} rows (space "
+                             f"{space.name!r}), got {got}")
+        for i, row in enumerate(layers):
+            if not isinstance(row, list) or len(row) != space.num_choices:
+                raise ValueError(f"latency_table {path}: layers[{i}] must list {space.num_choices} ms values")
+            for c, value in enumerate(row):
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                    raise ValueError(f"latency_table {path}: layers[{i}][{c}] must be a number of ms >= 0, got "
+                                     f"{value!r}")
+        return cls(fixed, layers, data.get("validation"))
 
     def __call__(self, arch: Arch) -> float:
         return self.fixed_ms + float(self.layers[np.arange(len(arch)), list(arch)].sum())
@@ -85,11 +116,17 @@ class Constraints:
     max_latency_ms: float | None = None
 
     @classmethod
-    def from_config(cls, cfg: ConstraintConfig) -> Constraints:
+    def from_config(cls, cfg: ConstraintConfig, latency: LatencyFn | None = None) -> Constraints:
+        """The bounds of ``cfg``; with ``cfg.latency_margin`` and a checked table, the latency bound on the table's
+        predictions shrinks by the table's own error on whole networks."""
         def scale(v):
             return None if v is None else v * 1e6
+        max_latency = cfg.max_latency_ms
+        check = getattr(latency, "validation", None)
+        if max_latency is not None and cfg.latency_margin and check:
+            max_latency = max_latency / (1 + check["mape_pct"] / 100)
         return cls(scale(cfg.min_params_m), scale(cfg.max_params_m), scale(cfg.min_macs_m), scale(cfg.max_macs_m),
-                   cfg.max_latency_ms)
+                   max_latency)
 
     def satisfied(self, rec: dict) -> bool:
         checks = ((self.min_params, rec["params"], 1), (self.max_params, rec["params"], -1),

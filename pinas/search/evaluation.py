@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +30,8 @@ class EvaluatorConfig(BaseModel):
     images are the search holdout of ``train/``, not ``val/`` (:class:`pinas.data.images.SearchHoldout`)."""
 
     model_config = ConfigDict(extra="forbid")
+    #: how fast a score is computed, not the score (pinas.stages.common.result_settings)
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"cache_mb", "num_workers", "prefix_sharing", "device"})
 
     proxy: ProxyName = Field("linear_probe", description="linear_probe: the released search's proxy (needs the "
                              "linear_probe stage); contrastive: label-free cross-path InfoNCE (pinas's extension); "

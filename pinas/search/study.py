@@ -19,29 +19,44 @@ from pinas.search.ranking import bootstrap_ci, kendall_tau, spearman_rho
 from pinas.space import SearchSpace
 
 
-def pick_architectures(space: SearchSpace, n: int, how: str, seed: int, pool: int,
-                       cost: CostModel | None = None) -> list[str]:
-    """``n`` distinct architectures of ``space``: ``random`` (uniform), or ``cost``: from ``pool`` random ones,
-    the architectures at ``n`` evenly spaced quantiles of their MACs (so the study spans the cost range rather than
-    the crowded middle, where accuracies are hardest to tell apart)."""
+def random_pool(space: SearchSpace, size: int, seed: int) -> list[tuple[int, ...]]:
+    """``size`` distinct uniformly drawn architectures (fewer if the space is smaller), in draw order."""
     rng = np.random.default_rng(seed)
     drawn: dict[tuple[int, ...], None] = {}
-    for _ in range(max(pool, n) * 20):
-        if len(drawn) == max(pool, n):
+    for _ in range(size * 20):
+        if len(drawn) == size:
             break
         drawn[space.sample(rng)] = None
-    archs = list(drawn)
+    return list(drawn)
+
+
+def pick_architectures(space: SearchSpace, n: int, how: str, seed: int, pool: int, cost: CostModel | None = None,
+                       scores: Mapping[tuple[int, ...], float] | None = None) -> list[str]:
+    """``n`` distinct architectures of ``space`` from a pool of ``pool`` random ones:
+
+    * ``random``: the first ``n`` drawn;
+    * ``cost``: at ``n`` evenly spaced quantiles of their MACs, so the study spans the cost range rather than the
+      crowded middle, where accuracies are hardest to tell apart;
+    * ``proxy``: half at evenly spaced quantiles of the proxy's ``scores`` of the pool (the range the search sees,
+      not only what a search would keep), the other half uniformly random from the rest of the pool.
+    """
+    archs = random_pool(space, max(pool, n), seed)
     if len(archs) < n:
         raise ValueError(f"space {space.name!r} has only {len(archs)} distinct architectures; asked for {n}")
     if how == "random":
         chosen = archs[:n]
-    elif how == "cost":
-        if cost is None:
-            raise ValueError("pick 'cost' needs the cost model")
-        by_cost = sorted(archs, key=lambda a: (cost(a).macs, a))
-        chosen = [by_cost[i] for i in np.linspace(0, len(by_cost) - 1, n).round().astype(int)]
+    elif how in ("cost", "proxy"):
+        if how == "cost" and cost is None or how == "proxy" and scores is None:
+            raise ValueError(f"pick {how!r} needs the {'cost model' if how == 'cost' else 'proxy scores'}")
+        key = (lambda a: (cost(a).macs, a)) if how == "cost" else (lambda a: (scores[a], a))
+        ordered = sorted(archs, key=key)
+        spread = n if how == "cost" else -(-n // 2)
+        chosen = [ordered[i] for i in np.linspace(0, len(ordered) - 1, spread).round().astype(int)]
+        rest = [a for a in archs if a not in set(chosen)]
+        rng = np.random.default_rng([seed, 1])
+        chosen += [rest[i] for i in rng.choice(len(rest), size=n - len(chosen), replace=False)]
     else:
-        raise ValueError(f"unknown pick {how!r} (cost, random)")
+        raise ValueError(f"unknown pick {how!r} (cost, random, proxy)")
     return [space.format(a) for a in chosen]
 
 

@@ -1,22 +1,47 @@
 """What every stage config and stage folder shares: settings that determine the result, and reuse of finished runs."""
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pinas.engine.checkpoint import check_same_settings
 from pinas.engine.launch import SINGLE_NODE, Nodes, run_module
+from pinas.engine.loop import ProgressFn
 from pinas.io.artifacts import ArtifactError, atomic_write_json
 from pinas.io.stage_dirs import StageDir
 
 log = logging.getLogger("pinas")
 
 
+def result_settings(cls: type[BaseModel], dumped: dict[str, Any]) -> dict[str, Any]:
+    """``dumped`` (the JSON form of a ``cls``) without the fields that do not change a result: the ``runtime_fields``
+    a model class declares, at every level of nesting (e.g. ``search.evaluator.device``).
+
+    This is the one rule for what a stage's result depends on: its checkpoints and finished runs are checked against
+    it, and the pipeline's cache key and stage folder are computed from it, so a runtime-only change (workers,
+    logging, the device) resumes in the same folder instead of starting over."""
+    runtime = getattr(cls, "runtime_fields", frozenset())
+    out = {}
+    for name, value in dumped.items():
+        if name in runtime:
+            continue
+        field = cls.model_fields.get(name)
+        nested = field.annotation if field is not None else None
+        if isinstance(value, dict) and isinstance(nested, type) and issubclass(nested, BaseModel):
+            value = result_settings(nested, value)
+        out[name] = value
+    return out
+
+
 class StageConfig(BaseModel):
     """A stage's config. ``runtime_fields`` change how a run executes or reports, not what it computes, so a
-    checkpoint or finished run made under other values of them is still "the same run"."""
+    checkpoint or finished run made under other values of them is still "the same run" (:func:`result_settings`)."""
 
     model_config = ConfigDict(extra="forbid")
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "num_workers", "checkpoint_every", "log_every"})
@@ -27,7 +52,7 @@ class StageConfig(BaseModel):
 
     @classmethod
     def settings_of(cls, dumped: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in dumped.items() if k not in cls.runtime_fields}
+        return result_settings(cls, dumped)
 
 
 class DistributedStageConfig(StageConfig):
@@ -74,14 +99,51 @@ class TrainingStageConfig(DistributedStageConfig):
         return self
 
 
-def launch(module: str, cfg: DistributedStageConfig, folder: StageDir, args: list[str],
-           rendezvous: Nodes = SINGLE_NODE) -> None:
-    """Run a stage's ``main`` under torchrun on this node (the config travels as JSON in the stage folder)."""
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage reads, by name: finished upstream stage folders (``supernet``, ``linear-probe``, ``retrain``),
+    finished transfers by task, dataset roots (``imagenet``, ``coco``, ...)."""
+
+    stages: Mapping[str, Path] = field(default_factory=dict)
+    datasets: Mapping[str, Path] = field(default_factory=dict)
+    transfers: Mapping[str, Path] = field(default_factory=dict)
+
+    def stage(self, name: str) -> Path:
+        if name not in self.stages:
+            raise ValueError(f"this stage reads the {name} stage's folder, and none was given")
+        return Path(self.stages[name])
+
+    def dataset(self, name: str) -> Path:
+        if name not in self.datasets:
+            raise ValueError(f"this stage reads the {name} dataset, and none was given")
+        return Path(self.datasets[name])
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """How a stage runs, never what it computes: progress reports, the nodes of a distributed stage, the devices
+    leased to it (environment variables of its processes)."""
+
+    progress: ProgressFn | None = None
+    nodes: Nodes = field(default_factory=lambda: SINGLE_NODE)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+NO_CONTEXT = StageContext()  # one process on this node, no progress reports
+
+
+def launch(stage: str, cfg: DistributedStageConfig, folder: StageDir, paths: Mapping[str, Path | None],
+           rendezvous: Nodes = SINGLE_NODE, stop_after: int | None = None) -> None:
+    """Run ``stage``'s per-process function under torchrun on this node, through the one entry point
+    :mod:`pinas.stages.rank` (the config travels as JSON in the stage folder, the inputs as named paths)."""
     if rendezvous.count != cfg.nodes:
         raise ValueError(f"the stage spans {cfg.nodes} node(s), the rendezvous describes {rendezvous.count}")
     config = folder / "launch_config.json"
     atomic_write_json(config, cfg.model_dump(mode="json"))
-    run_module(module, ["--config", str(config), *args], nproc=cfg.nproc, nodes=rendezvous)
+    named = json.dumps({name: str(path) for name, path in paths.items() if path is not None})
+    args = [stage, "--config", str(config), "--paths", named, "--out", str(folder.path)]
+    run_module("pinas.stages.rank", args + ([] if stop_after is None else ["--stop-after", str(stop_after)]),
+               nproc=cfg.nproc, nodes=rendezvous)
 
 
 def finished_run(folder: StageDir, cfg: StageConfig) -> dict[str, Any] | None:

@@ -8,14 +8,17 @@ What the stage guarantees, in order:
 2. Parity: onnxruntime and torch eager agree on real validation images, decoded exactly like the retrain
    evaluation. Exceeding ``tolerance_abs`` or falling below ``min_top1_agreement`` fails the stage
    (:class:`ParityError`): a silently wrong export is worse than none.
-3. Latency of torch eager vs onnxruntime at fixed thread counts, each in its own process (:mod:`pinas.deploy.latency`).
-4. Optional int8 (onnxruntime static QDQ quantisation calibrated on training images), with top-1 of fp32 and
-   int8 on the same validation images. Off by default: at demo scale (64 px) it bought only 10-25% latency, it
-   costs a second pass over ``eval_images``, and whether its accuracy delta is acceptable is the user's call.
-   For the paper profile turning it on is worth it: on ResNeSt-50-sized nets at 224 px, batch 1, one thread, the
-   int8 model ran in ~0.62x the fp32 onnxruntime time on these (non-VNNI) CPUs. Dynamic quantisation is not
-   offered: for these convolution nets it was 1.2-3x *slower* than fp32 here (ConvInteger kernels).
+3. Optional int8 (onnxruntime static QDQ quantisation calibrated on training images), with top-1 of fp32 and
+   int8 on the same validation images. Off by default: it costs a second pass over ``eval_images``, its speed-up
+   depends on the CPU, and whether its accuracy delta is acceptable is the user's call. Dynamic quantisation is
+   not offered: for these convolution nets it is slower than fp32 (ConvInteger kernels; measured figures in
+   ``docs/measurements.md``).
+4. Latency of torch eager vs onnxruntime (and int8) at fixed thread counts, each in its own process
+   (:mod:`pinas.deploy.latency`).
 5. ``model_card.json`` / ``model_card.md`` and the stage manifest (digests of every file, config, metrics).
+
+Every step reads the retrain's preprocessing record (:class:`pinas.data.preprocess.EvalPreprocessing`) and writes
+it into the ONNX metadata, where the torch-free predictor finds it.
 
 The dynamo exporter (torch 2.13's default, needs onnxscript) is tried first; the TorchScript exporter is a
 fallback with ``exporter="auto"``, and the card records which one produced the files and why.
@@ -24,18 +27,19 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from pinas.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pinas.data.preprocess import EvalPreprocessing
 from pinas.deploy.errors import ExportError
-from pinas.deploy.predict import META_CLASSES, META_PREPROCESS, resize_size
+from pinas.deploy.predict import META_CLASSES, META_PREPROCESS
 from pinas.io.artifacts import MANIFEST, ArtifactError, atomic_write_bytes, atomic_write_json, sha256_file
-from pinas.io.stage_dirs import ExportDir, RetrainDir
-from pinas.stages.common import StageConfig
+from pinas.io.stage_dirs import ExportDir, RetrainDir, TransferDir
+from pinas.stages.common import NO_CONTEXT, StageConfig, StageContext, StageInputs
 
 
 class ExportConfig(StageConfig):
@@ -55,24 +59,58 @@ class ExportConfig(StageConfig):
     int8: bool = Field(False, description="also write model.int8.onnx (static QDQ quantisation)")
     calibration_images: int = Field(256, ge=1, description="training images that calibrate int8 ranges")
     eval_images: int = Field(1000, ge=1, description="validation images for the fp32 vs int8 top-1 comparison")
+    latency_table: str | None = Field(None, description="a latency table (pinas-pipeline latency-table): the card "
+                                      "puts its prediction for this architecture beside the exported model's "
+                                      "latency measured with the table's own runtime settings")
+
+
+@dataclass
+class ExportInputs:
+    """What the steps of an export share: the retrained network, its record, and the images parity runs on."""
+
+    retrain: RetrainDir
+    model: Any
+    model_config: dict[str, Any]
+    preprocessing: EvalPreprocessing
+    images: torch.Tensor
+    meta: dict[str, str]
+    val_dir: Path
+    train_dir: Path
 
 
 def run_export(cfg: ExportConfig, retrain_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                transfer_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Export, verify, time and document a retrained classifier; returns the stage manifest.
-
-    ``data_dir`` is the ImageNet-format root: ``val/<class>/*`` for parity (and the int8 comparison),
-    ``train/<class>/*`` for int8 calibration. ``out_dir`` is conventionally ``exports/<run>/``.
+    """Export, verify, time and document a retrained classifier (the steps of the module docstring); returns the
+    stage manifest. ``data_dir`` is the ImageNet-format root: ``val/<class>/*`` for parity (and the int8
+    comparison), ``train/<class>/*`` for int8 calibration. ``out_dir`` is conventionally ``exports/<run>/``.
     """
-    # the ONNX stack (onnx, onnxruntime, onnxscript) takes a second or two to import: loaded when an export runs,
-    # not whenever a pipeline config is read
-    from pinas.deploy.card import build_card, render_card_md
-    from pinas.deploy.latency import compare
-    from pinas.deploy.onnx_export import STAGE_NAMES, StageFeatures, export_onnx
-    from pinas.deploy.parity import check_parity, eval_dataset, iter_batches
-    from pinas.deploy.quantize import calibration_batches, compare_accuracy, quantize_int8
+    inputs = load_inputs(cfg, Path(retrain_dir), Path(data_dir))
+    folder = ExportDir(out_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)  # a re-run that fails must not leave the old run looking complete
+    exported = export_and_check(cfg, inputs, folder)
+    int8 = export_int8(cfg, inputs, folder) if cfg.int8 else None
+    latency = time_runtimes(cfg, inputs, folder) if cfg.latency_batches else None
+    if cfg.latency_table:
+        from pinas.deploy.latency_table import check_exported
 
-    retrain_dir, data_dir, out_dir = Path(retrain_dir), Path(data_dir), Path(out_dir)
+        latency = {**(latency or {}), "table": check_exported(Path(cfg.latency_table), folder / ExportDir.MODEL,
+                                                              inputs.model_config)}
+    files = [ExportDir.MODEL, ExportDir.BACKBONE] + ([ExportDir.INT8] if int8 else [])
+    return write_card(cfg, inputs, folder, files, exported, int8, latency, transfer_metrics or {})
+
+def run(cfg: ExportConfig, inputs: StageInputs, out_dir: Path, ctx: StageContext = NO_CONTEXT) -> dict:
+    """The pipeline's entry (:mod:`pinas.stages.graph`): the retrained network, checked on ``imagenet``; the
+    finished transfers' metrics go into the model card."""
+    transfers = {task: TransferDir(path).manifest()["metrics"] for task, path in inputs.transfers.items()}
+    return run_export(cfg, inputs.stage("retrain"), inputs.dataset("imagenet"), out_dir, transfers)
+
+
+def load_inputs(cfg: ExportConfig, retrain_dir: Path, data_dir: Path) -> ExportInputs:
+    """The retrained network and its record, and the parity images decoded with its preprocessing; checked before
+    anything is written."""
+    from pinas.deploy.parity import eval_dataset, iter_batches
+
     val_dir, train_dir = data_dir / "val", data_dir / "train"
     if not val_dir.is_dir():
         raise ExportError(f"{val_dir}: validation folder not found (expected {val_dir}/<class>/<image>)")
@@ -80,74 +118,94 @@ def run_export(cfg: ExportConfig, retrain_dir: str | Path, data_dir: str | Path,
         raise ExportError(f"{train_dir}: training folder not found; int8=True calibrates on training images")
     retrain = RetrainDir(retrain_dir)
     try:
-        model, mcfg, retrain_metrics = retrain.load_classifier(), retrain.model_config(), retrain.metrics()
+        model, mcfg, preprocessing = retrain.load_classifier(), retrain.model_config(), retrain.preprocessing()
     except ArtifactError as exc:
         raise ExportError(str(exc)) from exc
-    size = int(mcfg["input_size"])
-    resize = int(mcfg.get("decode_size") or resize_size(size))  # honour a retrain that decoded at another size
-    parity_set = eval_dataset(val_dir, size, cfg.parity_images, resize)
+    parity_set = eval_dataset(val_dir, preprocessing, cfg.parity_images)
     if mcfg.get("classes") is not None and list(mcfg["classes"]) != parity_set.classes:
         raise ExportError(f"{val_dir}: classes {parity_set.classes} do not match the model's "
                           f"{mcfg['classes']} ({retrain / RetrainDir.MODEL_CONFIG})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    folder = ExportDir(out_dir)
-    (folder / MANIFEST).unlink(missing_ok=True)  # a re-run that fails must not leave the old run looking complete
-
-    preprocess = {"resize": resize, "crop": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                  "interpolation": "bilinear", "color": "RGB", "layout": "NCHW float32",
-                  "description": f"RGB; resize the short side to {resize} px (bilinear) and centre-crop "
-                                 f"{size}x{size}; scale to [0, 1]; subtract ImageNet mean {list(IMAGENET_MEAN)} and "
-                                 f"divide by std {list(IMAGENET_STD)}; NCHW float32"}
-    meta = {META_PREPROCESS: json.dumps({k: v for k, v in preprocess.items() if k != "description"}),
+    meta = {META_PREPROCESS: json.dumps(preprocessing.to_dict()),
             META_CLASSES: json.dumps(mcfg.get("classes") or [str(i) for i in range(int(mcfg["num_classes"]))]),
             "pinas.space": mcfg["space"], "pinas.arch": mcfg["arch"]}
-    images = torch.cat([x for x, _ in iter_batches(parity_set, size)])
-    export_info = export_onnx(model, folder / ExportDir.MODEL, size, ("logits",), cfg.opset, cfg.exporter, meta)
-    parity = {"model": check_parity(folder / ExportDir.MODEL, model, images, cfg.tolerance_abs,
-                                    cfg.min_top1_agreement, cfg.threads)}
-    features = StageFeatures(model.backbone).eval()
-    backbone_info = export_onnx(features, folder / ExportDir.BACKBONE, size, STAGE_NAMES, cfg.opset, cfg.exporter,
-                                {k: v for k, v in meta.items() if k != META_CLASSES})
-    parity["backbone"] = check_parity(folder / ExportDir.BACKBONE, features, images, cfg.tolerance_abs,
-                                      threads=cfg.threads)
-    files = [ExportDir.MODEL, ExportDir.BACKBONE]
-    int8 = None
-    if cfg.int8:
-        int8 = quantize_int8(folder / ExportDir.MODEL, folder / ExportDir.INT8,
-                             calibration_batches(train_dir, size, cfg.calibration_images, resize), meta)
-        int8.update(compare_accuracy({"fp32": folder / ExportDir.MODEL, "int8": folder / ExportDir.INT8}, val_dir,
-                                     size, cfg.eval_images, cfg.threads, resize))
-        int8["top1_delta"] = round(int8["top1_int8"] - int8["top1_fp32"], 4)  # percentage points
-        files.append(ExportDir.INT8)
-    latency = None
-    if cfg.latency_batches:
-        onnx_models = {"onnxruntime": folder / ExportDir.MODEL}
-        if cfg.int8:
-            onnx_models["int8"] = folder / ExportDir.INT8
-        latency = compare(retrain_dir, onnx_models, cfg.latency_batches, cfg.threads, cfg.warmup, cfg.repeats)
+    images = torch.cat([x for x, _ in iter_batches(parity_set, preprocessing)])
+    return ExportInputs(retrain, model, mcfg, preprocessing, images, meta, val_dir, train_dir)
 
-    card = build_card(model, mcfg, images[:1], folder.path, files, preprocessing=preprocess,
-                      retrain_metrics={k: v for k, v in retrain_metrics.items() if not isinstance(v, (list, dict))},
-                      transfer_metrics=transfer_metrics or {}, export={**export_info, "backbone": backbone_info},
-                      parity=parity, latency=latency, int8=int8,
-                      source={"retrain_dir": str(retrain_dir), "model.pt": sha256_file(retrain / RetrainDir.MODEL)})
+
+def export_and_check(cfg: ExportConfig, inputs: ExportInputs, folder: ExportDir) -> dict[str, Any]:
+    """Steps 1 and 2: the classifier and the backbone exported and checked, each against torch eager."""
+    from pinas.deploy.onnx_export import STAGE_NAMES, StageFeatures, export_onnx
+    from pinas.deploy.parity import check_parity
+
+    size, meta = inputs.preprocessing.crop, inputs.meta
+    info = export_onnx(inputs.model, folder / ExportDir.MODEL, size, ("logits",), cfg.opset, cfg.exporter, meta)
+    parity = {"model": check_parity(folder / ExportDir.MODEL, inputs.model, inputs.images, cfg.tolerance_abs,
+                                    cfg.min_top1_agreement, cfg.threads)}
+    features = StageFeatures(inputs.model.backbone).eval()
+    info["backbone"] = export_onnx(features, folder / ExportDir.BACKBONE, size, STAGE_NAMES, cfg.opset,
+                                   cfg.exporter, {k: v for k, v in meta.items() if k != META_CLASSES})
+    parity["backbone"] = check_parity(folder / ExportDir.BACKBONE, features, inputs.images, cfg.tolerance_abs,
+                                      threads=cfg.threads)
+    return {"export": info, "parity": parity}
+
+
+def export_int8(cfg: ExportConfig, inputs: ExportInputs, folder: ExportDir) -> dict[str, Any]:
+    """Step 4: static int8 calibrated on training images; top-1 of fp32 and int8 on the same validation images."""
+    from pinas.deploy.quantize import calibration_batches, compare_accuracy, quantize_int8
+
+    int8 = quantize_int8(folder / ExportDir.MODEL, folder / ExportDir.INT8,
+                         calibration_batches(inputs.train_dir, inputs.preprocessing, cfg.calibration_images),
+                         inputs.meta)
+    int8.update(compare_accuracy({"fp32": folder / ExportDir.MODEL, "int8": folder / ExportDir.INT8},
+                                 inputs.val_dir, inputs.preprocessing, cfg.eval_images, cfg.threads))
+    int8["top1_delta"] = round(int8["top1_int8"] - int8["top1_fp32"], 4)  # percentage points
+    return int8
+
+
+def time_runtimes(cfg: ExportConfig, inputs: ExportInputs, folder: ExportDir) -> dict[str, Any]:
+    """Step 3: torch eager against onnxruntime (and int8), each in processes of their own."""
+    from pinas.deploy.latency import compare
+
+    models = {"onnxruntime": folder / ExportDir.MODEL}
+    if (folder / ExportDir.INT8).is_file() and cfg.int8:
+        models["int8"] = folder / ExportDir.INT8
+    return compare(inputs.retrain.path, models, cfg.latency_batches, cfg.threads, cfg.warmup, cfg.repeats)
+
+
+def write_card(cfg: ExportConfig, inputs: ExportInputs, folder: ExportDir, files: list[str], exported: dict,
+               int8: dict | None, latency: dict | None, transfer_metrics: dict[str, Any]) -> dict[str, Any]:
+    """Step 5: the model card (JSON and Markdown) and the stage manifest."""
+    from pinas.deploy.card import build_card, render_card_md
+
+    retrain = inputs.retrain
+    metrics_in = {k: v for k, v in retrain.metrics().items() if not isinstance(v, (list, dict))}
+    preprocessing = {**inputs.preprocessing.to_dict(), "color": "RGB", "layout": "NCHW float32",
+                     "description": inputs.preprocessing.describe()}
+    card = build_card(inputs.model, inputs.model_config, inputs.images[:1], folder.path, files,
+                      preprocessing=preprocessing, retrain_metrics=metrics_in, transfer_metrics=transfer_metrics,
+                      export=exported["export"], parity=exported["parity"], latency=latency, int8=int8,
+                      source={"retrain_dir": str(retrain.path), "model.pt": sha256_file(retrain / RetrainDir.MODEL)})
     atomic_write_json(folder / ExportDir.CARD_JSON, card)
     atomic_write_bytes(folder / ExportDir.CARD_MD, render_card_md(card).encode())
-    metrics = {"opset": export_info["opset"], "exporter": export_info["exporter"],
+    parity, info = exported["parity"], exported["export"]
+    metrics = {"opset": info["opset"], "exporter": info["exporter"],
                "parity_max_abs_diff": parity["model"]["max_abs_diff"],
                "backbone_parity_max_abs_diff": parity["backbone"]["max_abs_diff"],
                "top1_agreement": parity["model"]["top1_agreement"], "params": card["model"]["params"],
                "macs": card["model"]["macs"]}
+    if latency and "table" in latency:
+        metrics.update(latency_table_predicted_ms=latency["table"]["predicted_ms"],
+                       latency_table_measured_ms=latency["table"]["measured_ms"])
     for batch, entry in (latency or {}).get("batches", {}).items():
         metrics[f"latency_ms_torch_b{batch}"] = entry["torch"]["median_ms"]
         metrics[f"latency_ms_onnxruntime_b{batch}"] = entry["onnxruntime"]["median_ms"]
         metrics[f"latency_ratio_b{batch}"] = entry["ratio_onnxruntime"]
     if int8:
         metrics.update(top1_fp32=int8["top1_fp32"], top1_int8=int8["top1_int8"], top1_delta_int8=int8["top1_delta"])
-    inputs = {"model.pt": card["source"]["model.pt"],
+    handed = {"model.pt": card["source"]["model.pt"],
               "model_config.json": sha256_file(retrain / RetrainDir.MODEL_CONFIG)}
     return folder.write_manifest(files + [ExportDir.CARD_JSON, ExportDir.CARD_MD], cfg.model_dump(mode="json"),
-                                 metrics, extra={"inputs": inputs})
+                                 metrics, extra={"inputs": handed})
 
 
 if __name__ == "__main__":  # python -m pinas.stages.export RETRAIN_DIR DATA_DIR OUT_DIR

@@ -12,8 +12,6 @@ manifest.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from pinas.data.images import (
     scan_image_folder,
 )
 from pinas.data.transforms import crop_flip
-from pinas.engine.distributed import barrier, broadcast_object, init_distributed, resolve_device, shutdown, wrap_ddp
+from pinas.engine.distributed import barrier, broadcast_object, init_distributed, resolve_device, wrap_ddp
 from pinas.engine.launch import SINGLE_NODE, Nodes
 from pinas.engine.loop import ProgressFn, TrainLoop, default_hooks
 from pinas.engine.sampler import EpochBatchSampler
@@ -41,7 +39,7 @@ from pinas.engine.schedules import set_lr, step_decay_lr
 from pinas.engine.steplog import read_step_log
 from pinas.io.stage_dirs import ProbeDir, SupernetDir
 from pinas.search.evaluation import EvaluatorConfig, build_evaluator
-from pinas.stages.common import TrainingStageConfig, finished_run, launch
+from pinas.stages.common import NO_CONTEXT, StageContext, StageInputs, TrainingStageConfig, finished_run, launch
 
 log = logging.getLogger("pinas")
 
@@ -158,8 +156,7 @@ def run_linear_probe(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path
     if not cfg.distributed:
         metrics = train_probe(cfg, Path(supernet_dir), Path(train_dir), folder.path, progress)
     else:
-        launch("pinas.stages.linear_probe", cfg, folder, ["--supernet", str(supernet_dir), "--train-dir",
-                                                         str(train_dir), "--out", str(folder.path)], rendezvous)
+        launch("linear-probe", cfg, folder, {"supernet": supernet_dir, "train_dir": train_dir}, rendezvous)
         if rendezvous.rank:
             return None
         metrics = _summary(folder)
@@ -183,20 +180,15 @@ def probe_val_top1(cfg: LinearProbeConfig, supernet_dir: Path, train_dir: Path, 
     accs = {model.space.format(a): evaluator(a).acc for a in (model.space.sample(rng) for _ in range(cfg.val_archs))}
     return {"val_top1_mean": round(float(np.mean(list(accs.values()))), 3), "val_top1": accs}
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Linear-probe training (one process; torchrun starts several)")
-    parser.add_argument("--config", required=True, type=Path, help="JSON of LinearProbeConfig")
-    parser.add_argument("--supernet", required=True, type=Path, help="the supernet stage folder")
-    parser.add_argument("--train-dir", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = LinearProbeConfig.model_validate(json.loads(args.config.read_text()))
-    train_probe(cfg, args.supernet, args.train_dir, args.out, stop_after=args.stop_after)
-    shutdown()
+def run(cfg: LinearProbeConfig, inputs: StageInputs, out_dir: Path,
+        ctx: StageContext = NO_CONTEXT) -> dict | None:
+    """The pipeline's entry (:mod:`pinas.stages.graph`): the supernet's probe, trained on ``imagenet/train``, reported
+    on ``imagenet/val``."""
+    root = inputs.dataset("imagenet")
+    return run_linear_probe(cfg, inputs.stage("supernet"), root / "train", out_dir, root / "val", ctx.progress,
+                            ctx.nodes)
 
 
-if __name__ == "__main__":
-    main()
+def train_rank(cfg: LinearProbeConfig, paths: dict[str, Path], out_dir: Path, stop_after: int | None = None) -> None:
+    """One process of a distributed run (started by :mod:`pinas.stages.rank`)."""
+    train_probe(cfg, paths["supernet"], paths["train_dir"], out_dir, stop_after=stop_after)

@@ -3,8 +3,10 @@
 The recipe is ResNeSt-50's (the Pi-NAS repo releases no retraining code, and its vendored PyTorch-Encoding trains
 ResNeSt-50 this way): global batch 2048, SGD + cosine with warm-up, lr 0.1 per 256 images scaled with the global
 batch, no weight decay on BN and biases, label smoothing, mixup, RandAugment(2, 12) on the full image, an area-0.1
-random resized crop (bicubic), zero-init last gamma. Evaluation decodes at ``input_size * 8/7`` and centre-crops
-``input_size`` (top-1 / top-5 on ``val/``).
+random resized crop (bicubic), zero-init last gamma. Evaluation follows the preprocessing record
+(:class:`~pinas.data.preprocess.EvalPreprocessing`: the short side resized to ``decode_size``, by default 8/7 of the
+input, and the centre ``input_size`` taken; top-1 / top-5 on ``val/``), which the stage writes into
+``model_config.json`` for the export and the deployed model.
 
 As in the supernet stage, the loader workers cut each training view from the full image, seeded by (seed, step,
 image), and the colour jitter and lighting run batched on the device from the torch RNG that checkpoints capture,
@@ -17,17 +19,16 @@ history, wall time), ``metrics.jsonl`` (step log), ``checkpoints/`` and, last, `
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 from pinas.data.images import DataError, ImageFolderDataset, TrainCrops, batch_loader, scan_image_folder
+from pinas.data.preprocess import EvalPreprocessing
 from pinas.data.transforms import Normalize, Views, center_crop, mixup, retrain_views
 from pinas.engine.distributed import (
     SINGLE_PROCESS,
@@ -35,7 +36,6 @@ from pinas.engine.distributed import (
     barrier,
     init_distributed,
     resolve_device,
-    shutdown,
     use_amp,
     wrap_ddp,
 )
@@ -47,20 +47,18 @@ from pinas.io.artifacts import ArtifactError
 from pinas.io.stage_dirs import RetrainDir, SupernetDir
 from pinas.models.backbone import Classifier, build_subnet
 from pinas.space import get_space
-from pinas.stages.common import StageConfig, TrainingStageConfig, finished_run, launch
+from pinas.stages.common import (
+    NO_CONTEXT,
+    StageConfig,
+    StageContext,
+    StageInputs,
+    TrainingStageConfig,
+    finished_run,
+    launch,
+)
 
 log = logging.getLogger("pinas")
 OUTPUTS = RetrainDir.OUTPUTS
-
-#: The demo profile (demo space, 5 generated shape classes, 64 px crops, CPU): 4 epochs with the paper's linear
-#: scaling rule at 1.6x its base lr (0.02 at batch 32), warm-up 0.3 epoch, and the regularisers that pay off only
-#: over long schedules (mixup, RandAugment, colour jitter, lighting) off, the crop milder (area 0.5-1).
-DEMO_OVERRIDES: dict[str, Any] = {
-    "space": "demo", "arch": "11-11-11-11", "epochs": 4, "batch_size": 32, "base_lr": 0.16, "warmup_epochs": 0.3,
-    "mixup": 0.0, "randaug_m": 0, "color_jitter": 0.0, "lighting": 0.0, "crop_scale": (0.5, 1.0),
-    "eval_every": 2, "num_workers": 0, "checkpoint_every": 1, "log_every": 5, "device": "cpu",
-}
-
 
 class RetrainConfig(TrainingStageConfig):
     """Hyper-parameters of retraining; the defaults are the ResNeSt-50 recipe (method doc section 4)."""
@@ -134,8 +132,9 @@ class RetrainConfig(TrainingStageConfig):
         return self.input_size or get_space(self.space).input_size
 
     @property
-    def decode(self) -> int:
-        return self.decode_size or round(self.crop_size * 8 / 7)
+    def preprocessing(self) -> EvalPreprocessing:
+        """How this network is evaluated (and deployed)."""
+        return EvalPreprocessing.for_input(self.crop_size, self.decode_size)
 
 
 def training_views(cfg: RetrainConfig) -> Views:
@@ -194,19 +193,19 @@ def supernet_backbone_state(cfg: RetrainConfig, supernet: str | Path) -> dict[st
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: ImageFolderDataset, input_size: int, device: torch.device,
+def evaluate(model: nn.Module, dataset: ImageFolderDataset, preprocessing: EvalPreprocessing, device: torch.device,
              batch_size: int, info: DistInfo = SINGLE_PROCESS, num_workers: int = 0, amp: bool = False,
              channels_last: bool = False) -> dict[str, float]:
     """Top-1 / top-5 (percent) of centre crops; each rank takes every world_size-th image, counts are summed."""
     was_training = model.training
     model.eval()
-    normalize = Normalize().to(device)
+    normalize = Normalize(preprocessing.mean, preprocessing.std).to(device)
     k = min(5, len(dataset.classes))
     mine = list(range(info.rank, len(dataset), info.world_size))
     batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-k hits, images
     for images, labels in batch_loader(dataset, batches, num_workers, device.type == "cuda"):
-        x = normalize(center_crop(images.to(device, non_blocking=True), input_size))
+        x = normalize(center_crop(images.to(device, non_blocking=True), preprocessing.crop))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=amp):
@@ -233,7 +232,7 @@ def train_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path,
     space = get_space(cfg.space)
     views = training_views(cfg)
     train_set = TrainCrops(data_dir / "train", views.crops, cfg.seed)
-    val_set = ImageFolderDataset(data_dir / "val", cfg.decode)
+    val_set = ImageFolderDataset(data_dir / "val", cfg.preprocessing.resize)
     if train_set.classes != val_set.classes:
         raise DataError(f"data_dir {data_dir}: train/ and val/ have different classes")
     batch = cfg.process_batch(info.world_size)
@@ -281,7 +280,7 @@ def train_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path,
         if info.enabled:  # DDP syncs BN statistics at the *next* forward: evaluate (and save) rank 0's on every rank
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer, 0)
-        result = evaluate(model, val_set, cfg.crop_size, device, batch, info, cfg.num_workers, amp,
+        result = evaluate(model, val_set, cfg.preprocessing, device, batch, info, cfg.num_workers, amp,
                           cfg.channels_last)
         return {"step": loop.step, "epoch": loop.epoch, "top1": result["top1"], "top5": result["top5"]}
 
@@ -303,7 +302,8 @@ def train_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path,
     if info.is_main:
         final = loop.history[-1]
         folder.write(model, {"space": cfg.space, "arch": cfg.arch, "num_classes": len(train_set.classes),
-                             "classes": list(train_set.classes), "input_size": cfg.crop_size},
+                             "classes": list(train_set.classes), "input_size": cfg.crop_size,
+                             "preprocessing": cfg.preprocessing.to_dict()},
                      {"top1": final["top1"], "top5": final["top5"], "epochs": cfg.epochs, "steps": final["step"],
                       "history": loop.history, "wall_s": round(loop.wall_s, 3)})
     barrier(info)
@@ -327,9 +327,7 @@ def run_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path, p
     if not cfg.distributed:
         train_retrain(cfg, data_dir, folder.path, progress, supernet)
     else:
-        args = ["--data-dir", str(data_dir), "--out", str(folder.path)]
-        launch("pinas.stages.retrain", cfg, folder, args + (["--supernet", str(supernet)] if supernet else []),
-               rendezvous)
+        launch("retrain", cfg, folder, {"data_dir": data_dir, "supernet": supernet}, rendezvous)
         if rendezvous.rank:
             return None
     metrics = folder.metrics()
@@ -337,26 +335,13 @@ def run_retrain(cfg: RetrainConfig, data_dir: str | Path, out_dir: str | Path, p
     return folder.write_manifest(OUTPUTS, cfg.model_dump(mode="json"), summary,
                                  extra={"data_dir": str(data_dir), "classes": classes})
 
-
-def load_retrained(out_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """The retrained classifier of a retrain output folder, in eval mode (tensor-only load)."""
-    return RetrainDir(out_dir).load_classifier(device)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Retrain a searched architecture (one process; torchrun starts "
-                                                 "several)")
-    parser.add_argument("--config", required=True, type=Path, help="JSON of RetrainConfig")
-    parser.add_argument("--data-dir", required=True, type=Path, help="ImageFolder root with train/ and val/")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--supernet", type=Path, default=None, help="supernet stage folder (with init_from_supernet)")
-    parser.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = RetrainConfig.model_validate(json.loads(args.config.read_text()))
-    train_retrain(cfg, args.data_dir, args.out, supernet=args.supernet, stop_after=args.stop_after)
-    shutdown()
+def run(cfg: RetrainConfig, inputs: StageInputs, out_dir: Path, ctx: StageContext = NO_CONTEXT) -> dict | None:
+    """The pipeline's entry (:mod:`pinas.stages.graph`): trains on ``imagenet`` (from the supernet's weights when
+    ``cfg.init_from_supernet``)."""
+    supernet = inputs.stage("supernet") if cfg.init_from_supernet else None
+    return run_retrain(cfg, inputs.dataset("imagenet"), out_dir, ctx.progress, supernet, ctx.nodes)
 
 
-if __name__ == "__main__":
-    main()
+def train_rank(cfg: RetrainConfig, paths: dict[str, Path], out_dir: Path, stop_after: int | None = None) -> None:
+    """One process of a distributed run (started by :mod:`pinas.stages.rank`)."""
+    train_retrain(cfg, paths["data_dir"], out_dir, supernet=paths.get("supernet"), stop_after=stop_after)

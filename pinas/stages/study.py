@@ -28,12 +28,16 @@ from pinas.models.supernet_pi import Objective
 from pinas.plots import plot_study
 from pinas.search.constraints import cost_model
 from pinas.search.evaluation import EvaluatorConfig, ProxyName, build_evaluator
-from pinas.search.study import correlations, pick_architectures, seed_noise
+from pinas.search.study import correlations, pick_architectures, random_pool, seed_noise
 from pinas.space import get_space
-from pinas.stages.common import StageConfig, finished_run
+from pinas.stages.common import NO_CONTEXT, StageConfig, StageContext, StageInputs, finished_run
 
 log = logging.getLogger("pinas")
 ALL_PROXIES: tuple[str, ...] = ("contrastive", "linear_probe", "bn_gamma")
+Baseline = Literal["macs", "params", "random"]
+#: what every proxy must beat: the cost of the architecture (on ImageNet-scale spaces FLOPs alone ranks about as well
+#: as a trained supernet) and a score drawn at random
+ALL_BASELINES: tuple[str, ...] = ("macs", "params", "random")
 
 
 class StudyConfig(StageConfig):
@@ -44,13 +48,17 @@ class StudyConfig(StageConfig):
     supernets: list[Objective] = Field(["pi"], min_length=1, description="supernet objectives compared side by "
                                        "side on the same retrained architectures (pi, same_path, spos)")
     archs: int = Field(12, ge=3, description="architectures retrained stand-alone")
-    pick: Literal["cost", "random"] = Field("cost", description="cost: evenly spaced over the MACs range of a "
-                                            "random pool; random: uniform")
+    pick: Literal["cost", "random", "proxy"] = Field(
+        "cost", description="cost: evenly spaced over the MACs range of a random pool; random: uniform; proxy: half "
+                            "evenly spaced over the search proxy's scores of the pool on the first supernet, half "
+                            "random")
     arch_list: list[str] = Field([], description="these architectures instead of a pick")
-    pool: int = Field(500, ge=1, description="random architectures the cost pick chooses from")
+    pool: int = Field(500, ge=1, description="random architectures the cost and proxy picks choose from")
     seeds: list[int] = Field([0, 1], min_length=1, description="retrain seeds per architecture; two or more "
                                                                "measure the seed-to-seed noise")
     proxies: list[ProxyName] = Field(list(ALL_PROXIES), min_length=1)
+    baselines: list[Baseline] = Field(list(ALL_BASELINES), description="scores reported beside the proxies with "
+                                                                       "the same statistics")
     concurrency: int = Field(1, ge=1, description="retrains running at once")
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of the 95% intervals")
     seed: int = 0
@@ -62,8 +70,19 @@ class StudyConfig(StageConfig):
             raise ValueError(f"lists each item twice: {value}")
         return value
 
-    def architectures(self, space_name: str, num_classes: int) -> list[str]:
-        """The study's architectures (canonical strings): ``arch_list`` when given, else the pick."""
+    @property
+    def picks_by_proxy(self) -> bool:
+        """The architectures are known only once the first supernet is trained (:meth:`architectures` needs the
+        proxy's scores of :meth:`pool`)."""
+        return self.pick == "proxy" and not self.arch_list
+
+    def pool_archs(self, space_name: str) -> list[str]:
+        return [get_space(space_name).format(a) for a in random_pool(get_space(space_name), self.pool, self.seed)]
+
+    def architectures(self, space_name: str, num_classes: int,
+                      scores: Mapping[str, float] | None = None) -> list[str]:
+        """The study's architectures (canonical strings): ``arch_list`` when given, else the pick (``scores``: the
+        proxy's scores of :meth:`pool_archs`, for the proxy pick)."""
         space = get_space(space_name)
         if self.arch_list:
             archs = [space.format(space.parse(a)) for a in self.arch_list]
@@ -71,7 +90,8 @@ class StudyConfig(StageConfig):
                 raise ValueError(f"study.arch_list: need at least 3 distinct architectures, got {len(set(archs))}")
             return archs
         return pick_architectures(space, self.archs, self.pick, self.seed, self.pool,
-                                  cost_model(space, num_classes) if self.pick == "cost" else None)
+                                  cost_model(space, num_classes) if self.pick == "cost" else None,
+                                  {space.parse(a): v for a, v in scores.items()} if scores is not None else None)
 
 
 def applicable_proxies(proxies: Sequence[str], objective: str) -> list[str]:
@@ -86,10 +106,35 @@ class StudyScoreConfig(StageConfig):
     archs: list[str]
     seeds: list[int]
     proxies: list[ProxyName]
+    baselines: list[Baseline] = list(ALL_BASELINES)
     evaluator: EvaluatorConfig
     holdout: SearchHoldout = SearchHoldout()
     bootstrap: int = 1000
     seed: int = 0
+
+
+def proxy_scores(evaluator_cfg: EvaluatorConfig, holdout: SearchHoldout, supernet_dir: Path, train_dir: Path,
+                 archs: Sequence[str], probe_dir: Path | None = None) -> dict[str, float]:
+    """The search proxy's score of each architecture on a supernet, as the search scores (the proxy pick's input)."""
+    device = resolve_device(evaluator_cfg.device)
+    model = SupernetDir(supernet_dir).load(device)
+    probe = ProbeDir(probe_dir).load(device) if evaluator_cfg.proxy == "linear_probe" else None
+    evaluator = build_evaluator(evaluator_cfg, model, *holdout.split(ImageList.scan(train_dir)), probe, device,
+                                supernet_views(model.space.input_size, SupernetDir(supernet_dir).settings(), views=1))
+    return {e.arch: e.score for e in evaluator.evaluate_many(list(archs))}
+
+
+def retrain_step(arch: str, seed: int) -> str:
+    """The name a study gives the retrain of ``arch`` with ``seed`` (its upstream records are keyed by it)."""
+    return f"retrain-{arch}-s{seed}"
+
+
+def run(cfg: StudyScoreConfig, inputs: StageInputs, out_dir: Path, ctx: StageContext = NO_CONTEXT) -> dict:
+    """The study flow's entry (:mod:`pinas.stages.graph`): the supernet (and its probe), the retrains by
+    :func:`retrain_step`, ``imagenet/train``'s holdout."""
+    retrains = {arch: [inputs.stage(retrain_step(arch, seed)) for seed in cfg.seeds] for arch in cfg.archs}
+    probe = inputs.stage("linear-probe") if "linear-probe" in inputs.stages else None
+    return run_study(cfg, inputs.stage("supernet"), inputs.dataset("imagenet") / "train", retrains, out_dir, probe)
 
 
 def run_study(cfg: StudyScoreConfig, supernet_dir: Path, train_dir: Path, retrains: Mapping[str, Sequence[Path]],
@@ -133,16 +178,24 @@ def run_study(cfg: StudyScoreConfig, supernet_dir: Path, train_dir: Path, retrai
     cost = cost_model(space, len(scan_image_folder(train_dir)[1]))
     mean_top1 = {a: float(np.mean(v)) for a, v in top1.items()}
     costs = {a: cost(space.parse(a)) for a in cfg.archs}
+    random_scores = np.random.default_rng([cfg.seed, 7]).random(len(cfg.archs))
+    baselines = {"macs": {a: float(costs[a].macs) for a in cfg.archs},
+                 "params": {a: float(costs[a].params) for a in cfg.archs},
+                 "random": dict(zip(cfg.archs, random_scores.tolist()))}
+    scores.update({b: baselines[b] for b in cfg.baselines})
     rows = [{"arch": a, "macs": costs[a].macs, "params": costs[a].params, "top1": top1[a], "top1_mean": mean_top1[a],
-             **{p: scores[p][a] for p in cfg.proxies}} for a in cfg.archs]
+             **{p: scores[p][a] for p in cfg.proxies}, **({"random": baselines["random"][a]}
+                                                          if "random" in cfg.baselines else {})} for a in cfg.archs]
     report = {"objective": cfg.objective, "space": space.name, "seeds": cfg.seeds, "architectures": rows,
-              "correlations": {p: correlations(scores[p], mean_top1, cfg.bootstrap, cfg.seed) for p in cfg.proxies},
+              "baselines": cfg.baselines,
+              "correlations": {p: correlations(scores[p], mean_top1, cfg.bootstrap, cfg.seed)
+                               for p in [*cfg.proxies, *cfg.baselines]},
               "seed_noise": seed_noise(top1)}
     folder.path.mkdir(parents=True, exist_ok=True)
     for proxy in cfg.proxies:
         plot_study(rows, proxy, report["correlations"][proxy], folder / StudyDir.scatter(proxy),
                    f"{cfg.objective} supernet")
     folder.write(report)
-    metrics = {f"{p}_kendall_tau": report["correlations"][p]["kendall_tau"] for p in cfg.proxies}
+    metrics = {f"{p}_kendall_tau": report["correlations"][p]["kendall_tau"] for p in [*cfg.proxies, *cfg.baselines]}
     metrics["seed_to_seed_kendall_tau"] = report["seed_noise"]["seed_to_seed_kendall_tau"]
     return folder.write_manifest(folder.outputs(cfg.proxies), cfg.model_dump(mode="json"), metrics=metrics)

@@ -7,8 +7,6 @@ and, when training is complete, ``supernet.pt``: the tensor-only student, teache
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,6 @@ from pinas.engine.distributed import (
     broadcast_object,
     init_distributed,
     resolve_device,
-    shutdown,
     use_amp,
     wrap_ddp,
 )
@@ -40,7 +37,7 @@ from pinas.io.stage_dirs import SupernetDir
 from pinas.models.backbone import PiNASBackbone
 from pinas.models.supernet_pi import Objective, PathClassifier, SupernetPi, TwoPathStudent, zero_off_path_grads
 from pinas.space import Arch, get_space
-from pinas.stages.common import TrainingStageConfig, finished_run, launch
+from pinas.stages.common import NO_CONTEXT, StageContext, StageInputs, TrainingStageConfig, finished_run, launch
 
 log = logging.getLogger("pinas")
 StepHook = Callable[[int, Arch, Arch], None]
@@ -235,7 +232,7 @@ def train_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress
     if stopped is not None:
         return {"stopped_at": stopped}
     if info.is_main:
-        folder.write(model, cfg.model_dump(mode="json"), train_dir)
+        folder.write(model, cfg.settings(), train_dir)  # what it was trained with, not how it ran
     barrier(info)
     return _summary(folder)
 
@@ -255,11 +252,15 @@ def run_supernet(cfg: SupernetConfig, train_dir: Path, out_dir: Path, progress: 
     if not cfg.distributed:
         train_supernet(cfg, train_dir, folder.path, progress)
     else:
-        launch("pinas.stages.supernet", cfg, folder, ["--train-dir", str(train_dir), "--out", str(folder.path)],
-               rendezvous)
+        launch("supernet", cfg, folder, {"train_dir": train_dir}, rendezvous)
         if rendezvous.rank:
             return None
     return folder.write_manifest(SupernetDir.OUTPUTS, cfg.model_dump(mode="json"), metrics=_summary(folder))
+
+
+def run(cfg: SupernetConfig, inputs: StageInputs, out_dir: Path, ctx: StageContext = NO_CONTEXT) -> dict | None:
+    """The pipeline's entry (:mod:`pinas.stages.graph`): trains on ``imagenet/train``."""
+    return run_supernet(cfg, inputs.dataset("imagenet") / "train", out_dir, ctx.progress, ctx.nodes)
 
 
 def _summary(folder: SupernetDir) -> dict:
@@ -270,18 +271,6 @@ def _summary(folder: SupernetDir) -> dict:
             "final_loss": records[-1]["loss"] if records else None}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Supernet-Pi training (one process; torchrun starts several)")
-    parser.add_argument("--config", required=True, type=Path, help="JSON of SupernetConfig")
-    parser.add_argument("--train-dir", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = SupernetConfig.model_validate(json.loads(args.config.read_text()))
-    train_supernet(cfg, args.train_dir, args.out, stop_after=args.stop_after)
-    shutdown()
-
-
-if __name__ == "__main__":
-    main()
+def train_rank(cfg: SupernetConfig, paths: dict[str, Path], out_dir: Path, stop_after: int | None = None) -> None:
+    """One process of a distributed run (started by :mod:`pinas.stages.rank`)."""
+    train_supernet(cfg, paths["train_dir"], out_dir, stop_after=stop_after)

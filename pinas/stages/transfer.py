@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pinas.engine.launch import run_module
 from pinas.engine.placement import DevicePool, Placement, share
 from pinas.io.stage_dirs import RetrainDir, TransferDir
+from pinas.stages.common import NO_CONTEXT, StageContext, StageInputs
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "transfer_configs"
 TransferName = Literal["coco", "ade20k", "cityscapes"]
@@ -71,6 +73,9 @@ class TransferConfig(BaseModel):
     tasks: dict[TransferName, TransferTask] = Field(default_factory=_paper_tasks)
     placement: Placement = Field("parallel", description="parallel: the tasks share the devices, each on its own "
                                  "part; sequential: one task after another, each on all of them")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where the transfers train: auto = the "
+                                                   "node's GPUs when it has any")
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "placement"})
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -82,6 +87,10 @@ class TransferConfig(BaseModel):
             given = task.model_dump(exclude_unset=True) if isinstance(task, TransferTask) else task
             merged[name] = {**merged.get(name, {}), **given} if isinstance(given, dict) else given
         return merged
+
+    def kind(self) -> Literal["cuda", "cpu"]:
+        """The device kind the transfers train on (``device``, ``auto`` resolved on this node)."""
+        return "cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
 
     def enabled(self) -> dict[str, TransferTask]:
         """The tasks that run, in pipeline order."""
@@ -131,8 +140,16 @@ def mmengine_literal(value: Any) -> str:
 
 def child_env() -> dict[str, str]:
     """One intra-op thread per child unless the user says otherwise (torchrun's own default): the transfers run
-    side by side, and oversubscribed threads were 3-10x slower on a 2-core machine."""
+    side by side, and oversubscribed threads are several times slower (docs/measurements.md)."""
     return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+def run(cfg: TransferTask, inputs: StageInputs, out_dir: Path, ctx: StageContext = NO_CONTEXT) -> dict:
+    """The pipeline's entry (:mod:`pinas.stages.graph`): one task, named by the one dataset it reads."""
+    if len(inputs.datasets) != 1:
+        raise ValueError(f"a transfer reads one dataset (its task's), got {sorted(inputs.datasets)}")
+    (task, root), = inputs.datasets.items()
+    return run_transfer_stage(task, cfg, inputs.stage("retrain"), Path(root), out_dir, env=dict(ctx.env))
 
 
 def run_transfer_stage(name: str, task: TransferTask, retrain_dir: Path, data_root: Path, out_dir: Path,
