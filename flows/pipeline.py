@@ -84,7 +84,9 @@ def stage_task(stage: str, config: Any, upstream: dict[str, dict], run_root: str
     """One stage of the table (:data:`pinas.stages.graph.STAGES`, row ``kind``) in its keyed folder; ``upstream``
     holds the records of the stages and datasets it reads, ``devices`` > 0 leases that many of the node's pool."""
     row = BY_NAME[kind]
-    with claim(stage, config, upstream, run_root) as (key, folder), progress_reporter(stage) as progress, \
+    # a progress bar for the stages that report steps (the transfers log through MMEngine, the export is short)
+    reporter = progress_reporter(stage) if row.rank is not None else contextlib.nullcontext(None)
+    with claim(stage, config, upstream, run_root) as (key, folder), reporter as progress, \
             lease(run_root, devices, getattr(config, "nproc", None) or 1) as env:
         row.run(config, inputs_from(upstream), folder, StageContext(progress, nodes, env))
         record = {**stage_record(stage, row.folder(folder), key), "kind": kind}
