@@ -1,10 +1,12 @@
 """The pinas pipeline as a Prefect flow: one cached task per stage, records (not tensors) between them.
 
-Each stage task is a few lines: find its folder from the cache key, call the ``pinas`` stage function (which resumes
-from its own checkpoints), publish what a person wants to see in the UI, return the record. Prefect persists the
-record as JSON under ``<run root>/results`` and returns it on later runs with the same inputs, after
-:class:`~flows.caching.StageCachePolicy` has verified the files. The three transfers are independent tasks and
-run concurrently when submitted.
+The steps come from the stage table (:func:`pinas.stages.graph.plan`); each runs as the one generic
+:func:`stage_task`, named after its step in the UI: find its folder from the cache key, call the stage's ``run``
+(which resumes from its own checkpoints), return the record. Prefect persists the record as JSON under
+``<run root>/results`` and returns it on later runs with the same inputs, after
+:class:`~flows.caching.StageCachePolicy` has verified the files. What a person wants to see in the UI is published
+by the flow from the stage folder (:func:`publish_stage`), so a cached stage shows it too. The transfers are
+independent tasks and run concurrently.
 """
 from __future__ import annotations
 
