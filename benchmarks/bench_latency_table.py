@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from scipy import stats
 
-from pinas.deploy.latency_table import TableSettings, measure_table, onnx_bytes, predict, time_onnx
+from pinas.deploy.latency_table import TableSettings, measure_table, onnx_bytes, time_onnx
 from pinas.models.backbone import Classifier, build_subnet
+from pinas.search.constraints import LatencyTable
 from pinas.space import get_space
 
 
@@ -40,8 +41,8 @@ def main() -> None:
         measure_table(TableSettings(space=args.space), path, validate=30)
         print(f"measured {path} in {time.perf_counter() - started:.0f} s")
     table = json.loads(path.read_text())
-    settings = TableSettings.model_validate({k: v for k, v in table["settings"].items()
-                                             if k in TableSettings.model_fields})
+    settings = TableSettings.model_validate(table["settings"])
+    predict = LatencyTable(table["fixed_ms"], table["layers"])
     space, size = get_space(settings.space), settings.resolved_size()
     shape = (settings.batch, 3, size, size)
     rng = np.random.default_rng(args.seed)
@@ -51,7 +52,7 @@ def main() -> None:
         models[arch] = onnx_bytes(Classifier(build_subnet(space, space.format(arch)), settings.num_classes), shape,
                                   settings.opset)
         measured.append(time_onnx(models[arch], shape, settings)["median_ms"])
-        predicted.append(predict(table, arch))
+        predicted.append(predict(arch))
     again = [time_onnx(models[archs[0]], shape, settings)["median_ms"] for _ in range(5)]
     m, p = np.asarray(measured), np.asarray(predicted)
     own = table.get("validation", {})

@@ -67,14 +67,22 @@ def _torch_call(spec: dict[str, Any]) -> Callable[[], Any]:
     return call
 
 
-def _ort_call(spec: dict[str, Any]) -> Callable[[], Any]:
+def ort_session(model: str | bytes, threads: int, provider: str = "CPUExecutionProvider"):
+    """An onnxruntime session for timing: ``threads`` intra-op threads, one inter-op, sequential execution."""
     import onnxruntime as ort
 
+    if provider not in ort.get_available_providers():
+        raise ValueError(f"ONNX Runtime here has no {provider} (available: "
+                         f"{', '.join(ort.get_available_providers())})")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = spec["threads"]
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(spec["target"]), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=[provider])
+
+
+def _ort_call(spec: dict[str, Any]) -> Callable[[], Any]:
+    session = ort_session(str(spec["target"]), spec["threads"])
     inp = session.get_inputs()[0]
     size = [int(d) for d in inp.shape[1:]]
     x = np.random.default_rng(0).standard_normal((spec["batch"], *size)).astype(np.float32)

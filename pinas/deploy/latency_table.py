@@ -37,10 +37,11 @@ from scipy import stats
 from torch import nn
 
 from pinas import __version__
-from pinas.deploy.latency import summarize
+from pinas.deploy.latency import ort_session, summarize
 from pinas.io.artifacts import atomic_write_json, read_json
 from pinas.models.backbone import Classifier, PiNASBackbone, build_subnet
-from pinas.space import Arch, SearchSpace, get_space
+from pinas.search.constraints import LatencyTable
+from pinas.space import SearchSpace, get_space
 
 log = logging.getLogger("pinas")
 FORMAT = "pinas-latency-table/1"
@@ -66,19 +67,6 @@ class TableSettings(BaseModel):
         return self.input_size or get_space(self.space).input_size
 
 
-def _session(model: bytes, settings: TableSettings):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if settings.provider not in ort.get_available_providers():
-        raise ValueError(f"ONNX Runtime here has no {settings.provider} (available: "
-                         f"{', '.join(ort.get_available_providers())})")
-    return ort.InferenceSession(model, options, providers=[settings.provider])
-
-
 def onnx_bytes(module: nn.Module, shape: Sequence[int], opset: int) -> bytes:
     """``module`` (eval) exported at exactly ``shape`` (no dynamic axes: the table is for one batch size)."""
     buf = io.BytesIO()
@@ -90,7 +78,7 @@ def onnx_bytes(module: nn.Module, shape: Sequence[int], opset: int) -> bytes:
 
 def time_onnx(model: bytes, shape: Sequence[int], settings: TableSettings) -> dict[str, float]:
     """Median (and spread) in ms of ``settings.repeats`` runs of the model after ``settings.warmup``."""
-    session = _session(model, settings)
+    session = ort_session(model, settings.threads, settings.provider)
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal(tuple(shape)).astype(np.float32)
     for _ in range(settings.warmup):
@@ -201,15 +189,11 @@ def measure_table(settings: TableSettings, out: Path, validate: int = 30, thresh
     return table
 
 
-def predict(table: dict[str, Any], arch: Arch) -> float:
-    layers = np.asarray(table["layers"], float)
-    return float(table["fixed_ms"] + layers[np.arange(len(arch)), list(arch)].sum())
-
-
 def validate_table(table: dict[str, Any], count: int, threshold_pct: float, seed: int) -> dict[str, Any]:
     """Whole networks of ``count`` random architectures and the space's fastest and slowest (by the table),
     exported and measured as the entries were; the table's error on them."""
-    settings = TableSettings.model_validate({**table["settings"]})
+    settings = TableSettings.model_validate(table["settings"])
+    predict = LatencyTable(table["fixed_ms"], table["layers"])
     space, size = get_space(settings.space), settings.resolved_size()
     rng = np.random.default_rng(seed)
     layers = np.asarray(table["layers"], float)
@@ -221,7 +205,7 @@ def validate_table(table: dict[str, Any], count: int, threshold_pct: float, seed
     for n, arch in enumerate(archs):
         network = Classifier(build_subnet(space, space.format(arch)), settings.num_classes)
         measured.append(time_onnx(onnx_bytes(network, shape, settings.opset), shape, settings)["median_ms"])
-        predicted.append(predict(table, arch))
+        predicted.append(predict(arch))
         log.info("latency table check %d/%d: %s predicted %.3f ms, measured %.3f ms", n + 1, len(archs),
                  space.format(arch), predicted[-1], measured[-1])
     m, p = np.asarray(measured), np.asarray(predicted)
@@ -237,13 +221,10 @@ def validate_table(table: dict[str, Any], count: int, threshold_pct: float, seed
 def check_exported(table_path: Path, onnx_path: Path, model_config: dict[str, Any]) -> dict[str, Any]:
     """The table's prediction for an exported architecture beside that ONNX model's latency, measured with the
     table's own runtime settings (the same provider, threads, batch and statistic) on this machine."""
-    from pinas.search.constraints import LatencyTable
-
     space = get_space(model_config["space"])
     table = LatencyTable.load(table_path, space)  # refuses a table of another space or input size
     raw = read_json(table_path)
-    settings = TableSettings.model_validate({k: v for k, v in raw.get("settings", {}).items()
-                                             if k in TableSettings.model_fields})
+    settings = TableSettings.model_validate(raw.get("settings", {}))
     shape = (settings.batch, 3, space.input_size, space.input_size)
     measured = time_onnx(onnx_path.read_bytes(), shape, settings)["median_ms"]
     predicted = table(space.parse(model_config["arch"]))

@@ -117,6 +117,11 @@ class Step:
     task: str | None = None
 
 
+def step_name(stage: str, task: str) -> str:
+    """The name of a per-task stage's step: its folder and task name, e.g. ``transfer-coco``."""
+    return f"{stage}-{task}"
+
+
 def plan(config: Any) -> list[Step]:
     """The steps of a run of ``config`` in order (the retrain's architecture is settled by :func:`with_arch`)."""
     steps: list[Step] = []
@@ -128,9 +133,9 @@ def plan(config: Any) -> list[Step]:
             continue
         upstream: list[str] = []
         for name in reads(stage, config):
-            upstream += [f"transfer-{t}" for t in tasks] if BY_NAME[name].per_task else [name]
+            upstream += [step_name(name, t) for t in tasks] if BY_NAME[name].per_task else [name]
         if stage.per_task:
-            steps += [Step(f"{stage.name}-{task}", stage, task_cfg, tuple(upstream), (task,), task)
+            steps += [Step(step_name(stage.name, task), stage, task_cfg, tuple(upstream), (task,), task)
                       for task, task_cfg in tasks.items()]
         else:
             steps.append(Step(stage.name, stage, getattr(config, stage.section), tuple(upstream), stage.datasets))
